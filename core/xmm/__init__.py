@@ -1,0 +1,28 @@
+"""xmm: give any Hugging Face causal LLM new senses with pluggable modalities and small trainable bridges."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from xmm.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["MultimodalLM", "__version__", "get_registry", "hookimpl"]
+
+if TYPE_CHECKING:
+    from xmm.model import MultimodalLM
+    from xmm.registry import get_registry
+
+
+def __getattr__(name: str) -> Any:
+    # heavy modules (transformers) load only when asked for, so `import xmm` and `xmm plugins` stay fast
+    if name == "MultimodalLM":
+        from xmm.model import MultimodalLM
+
+        return MultimodalLM
+    if name == "get_registry":
+        from xmm.registry import get_registry
+
+        return get_registry
+    raise AttributeError(f"module 'xmm' has no attribute {name!r}")

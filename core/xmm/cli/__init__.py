@@ -1,0 +1,1 @@
+"""The ``xmm`` command line."""

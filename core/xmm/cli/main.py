@@ -1,0 +1,60 @@
+"""``xmm`` entry point. Each sub-command lives in its own module with a ``register(app)`` function."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from xmm import __version__
+from xmm.errors import XmmError
+
+app = typer.Typer(
+    name="xmm",
+    help="Give any LLM new senses: list plugins, build caches, train bridges in stages, evaluate, chat, share.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# modules under xmm.cli that add commands; a module that does not exist yet is simply not offered
+COMMAND_MODULES = ("plugins", "chat", "train", "cache", "evaluate", "push", "new", "demo")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"xmm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"xmm.cli.{_name}")
+    except ModuleNotFoundError as _e:
+        if _e.name != f"xmm.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; an :class:`XmmError` prints its message (no traceback) and exits with status 1."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except XmmError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
