@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "xmm"
 KINDS = ("modalities", "encoders", "bridges", "projectors", "decoders")
+_SINGULAR = {"modalities": "modality", "encoders": "encoder", "bridges": "bridge", "projectors": "projector", "decoders": "decoder"}
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Registry:
                 owner = self._owner.get((kind, key))
                 if owner is not None:
                     self.pm.unregister(plugin)
-                    return self._fail(info, f"{kind[:-1]} '{key}' is already registered by '{owner}'", None)
+                    return self._fail(info, f"{_SINGULAR[kind]} '{key}' is already registered by '{owner}'", None)
         for kind, items in found.items():
             table = getattr(self, kind)
             for key, value in items.items():
@@ -165,7 +166,7 @@ class Registry:
     def _get(self, kind: str, name: str) -> Any:
         table = getattr(self, kind)
         if name not in table:
-            raise RegistryError(f"no {kind[:-1]} named '{name}' is registered; known: {sorted(table) or 'none'}"
+            raise RegistryError(f"no {_SINGULAR[kind]} named '{name}' is registered; known: {sorted(table) or 'none'}"
                                 + self._hint(kind))
         return table[name]
 

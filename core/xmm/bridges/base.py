@@ -83,15 +83,7 @@ class Bridge(nn.Module):
     # -- persistence ----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (this bridge's weights only) into ``directory``."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt", "xmm_bridge": self.config.type}))
-        cfg = self.config.model_dump(mode="json")
-        atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n"))
-        return directory
+        return save_module_dir(self, self.config, directory, kind="bridge")
 
     @classmethod
     def from_config(cls: type[B], config: BridgeConfig | dict[str, Any]) -> B:
@@ -102,17 +94,12 @@ class Bridge(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], **hub_kwargs: Any) -> Bridge:
         """Load a bridge saved by :meth:`save_pretrained` (strict). A Hub repo id is resolved via ``xmm.hub``."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         if not (directory / CONFIG_NAME).exists():
             from xmm import hub  # a repo id, not a local folder
 
             directory = hub.resolve_bridge_dir(str(directory), **hub_kwargs)
-        try:
-            cfg = json.loads((directory / CONFIG_NAME).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{directory / CONFIG_NAME}: cannot read bridge config: {e}") from e
+        cfg = read_config_json(directory, kind="bridge")
         if cls is Bridge:
             from xmm.registry import get_registry
 
@@ -124,11 +111,7 @@ class Bridge(nn.Module):
                 f"{directory}: bridge type '{cfg.get('type')}' cannot be loaded as {bridge_cls.__name__} ('{bridge_cls.bridge_type}')"
             )
         bridge = bridge_cls.from_config(cfg)
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME))
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read bridge weights: {e}") from e
-        load_state_strict(bridge, state, source=directory / WEIGHTS_NAME)
+        load_weights_dir(bridge, directory, kind="bridge")
         return bridge
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
@@ -136,6 +119,42 @@ class Bridge(nn.Module):
         from xmm import hub
 
         return hub.push_bridge(self, repo_id, **kwargs)
+
+
+def save_module_dir(module: nn.Module, config: BaseModel, directory: str | os.PathLike[str], *, kind: str) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (``module``'s state dict) into ``directory``, atomically.
+
+    Shared by bridges and output projectors; ``kind`` is recorded in the safetensors metadata (``xmm_<kind>``).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    meta = {"format": "pt", f"xmm_{kind}": str(getattr(config, "type", ""))}
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=meta))
+    cfg = config.model_dump(mode="json")
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n"))
+    return directory
+
+
+def read_config_json(directory: Path, *, kind: str) -> dict[str, Any]:
+    """The ``config.json`` written by :func:`save_module_dir`; unreadable -> :class:`CheckpointError`."""
+    try:
+        return json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: cannot read {kind} config: {e}") from e
+
+
+def load_weights_dir(module: nn.Module, directory: Path, *, kind: str) -> None:
+    """Load ``directory/model.safetensors`` into ``module`` strictly (see :func:`load_state_strict`)."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read {kind} weights: {e}") from e
+    load_state_strict(module, state, source=directory / WEIGHTS_NAME)
 
 
 def validate_config(config_class: type[BaseModel], data: dict[str, Any], *, source: str | None = None) -> Any:
