@@ -20,10 +20,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
-from xmm_plugin_device.units import _number, parse_gigabytes, parse_percent, parse_temperature
+from xmm_plugin_device.units import _number, check_celsius, parse_gigabytes, parse_percent, parse_temperature
 
 NETWORK_TYPES = ("none", "wifi", "ethernet", "2g", "3g", "4g", "5g")
 LOCATION_PERMISSIONS = ("granted", "while_in_use", "denied")
+# the foreground apps the default encoder has an embedding row for (others share hash buckets)
+DEFAULT_APPS = (
+    "home", "browser", "maps", "camera", "music", "video", "game", "chat", "email", "settings", "phone", "social",
+    "navigation", "fitness", "photos", "store",
+)
 _NETWORK_ALIASES = {"wi-fi": "wifi", "wlan": "wifi", "lte": "4g", "nr": "5g", "offline": "none", "cellular": "4g"}
 
 
@@ -48,7 +53,7 @@ def _timestamp_input(value: Any) -> Any:
 
 
 Percent = Annotated[float, BeforeValidator(parse_percent), Field(ge=0, le=100)]
-Celsius = Annotated[float, BeforeValidator(parse_temperature), Field(ge=-40, le=130)]
+Celsius = Annotated[float, BeforeValidator(parse_temperature), AfterValidator(check_celsius)]
 Gigabytes = Annotated[float, BeforeValidator(parse_gigabytes), Field(ge=0, le=1e6)]
 Number = Annotated[float, BeforeValidator(_number)]
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp_input), AfterValidator(_utc)]
@@ -137,7 +142,8 @@ class DeviceWindow(_Strict):
 
     def canonical_json(self) -> str:
         """Key-sorted compact JSON of the validated window (units already normalised)."""
-        data = self.model_dump(mode="json")
+        # serialize_as_any: snapshots of a user subclass keep their own fields in the hash
+        data = self.model_dump(mode="json", serialize_as_any=True)
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
     def fingerprint(self) -> str:

@@ -35,7 +35,7 @@ def split_value_unit(value: Any) -> tuple[float, str | None]:
     if isinstance(value, Mapping):
         unknown = set(value) - {"value", "unit"}
         if unknown or "value" not in value:
-            raise ValueError(f"must be a number, a string like '41.5C' or {{'value': .., 'unit': ..}} (got {dict(value)!r})")
+            raise ValueError("must be a number, a string like '41.5C' or {'value': .., 'unit': ..}")
         unit = value.get("unit")
         if unit is not None and not isinstance(unit, str):
             raise ValueError(f"unit must be a string (got {unit!r})")
@@ -43,7 +43,7 @@ def split_value_unit(value: Any) -> tuple[float, str | None]:
     if isinstance(value, str):
         m = _NUMBER_UNIT.match(value)
         if not m:
-            raise ValueError(f"cannot read a number with a unit from {value!r}")
+            raise ValueError("must be a number or a number with a unit like '41.5C'")
         return float(m.group(1)), m.group(2)
     return _number(value), None
 
@@ -80,3 +80,10 @@ def parse_gigabytes(value: Any) -> float:
     if factor is None:
         raise ValueError(f"unknown storage unit {unit!r} (use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB)")
     return x * factor
+
+
+def check_celsius(value: float) -> float:
+    """Range check after unit conversion, so the message shows the converted value and its unit."""
+    if not -40.0 <= value <= 130.0:
+        raise ValueError(f"must be between -40 and 130 °C (got {value:.4g} °C)")
+    return value

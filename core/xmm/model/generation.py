@@ -1,0 +1,215 @@
+"""Generation with a :class:`~xmm.model.MultimodalLM`: greedy or sampled, KV-cached, batched, streamed.
+
+The prompt is collated with left padding, media are spliced into ``inputs_embeds`` and the frozen LLM's own
+``generate`` continues from there (so KV cache, logits processors and stopping criteria are transformers'). With no
+media the output equals the plain LLM's for the same prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from xmm.errors import ContextLengthError, PromptError
+
+if TYPE_CHECKING:
+    from xmm.model.multimodal import MultimodalLM
+
+
+@dataclass
+class GenerationResult:
+    """``texts[i]`` / ``token_ids[i]``: the answer of conversation i (ids up to and including the end-of-turn
+    token). ``text`` is the first answer. ``outputs`` holds decoder outputs by modality when signal tokens appear;
+    ``raw`` is what ``llm.generate`` returned (e.g. hidden states when asked for)."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    prompt_lengths: list[int]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    raw: Any = None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+
+def _as_examples(messages: Any, media: Sequence[Any] | None, base_dir: Any) -> tuple[list[Any], bool]:
+    """Normalise one conversation / a string / a batch of them to collator examples; also says if it was a batch."""
+    def one(conv: Any, m: Any = None) -> dict[str, Any]:
+        if isinstance(conv, Mapping) and "messages" in conv:
+            ex = dict(conv)
+            ex.setdefault("base_dir", base_dir)
+            if m:
+                ex["media"] = list(ex.get("media") or []) + list(m)
+            return ex
+        return {"messages": conv, "base_dir": base_dir, "media": list(m) if m else None}
+
+    if isinstance(messages, str) or (isinstance(messages, Mapping) and "messages" in messages):
+        return [one(messages, media)], False
+    if isinstance(messages, Sequence) and messages and all(isinstance(m, Mapping) and "role" in m for m in messages):
+        return [one(list(messages), media)], False
+    if isinstance(messages, Sequence) and messages:
+        if media:
+            raise PromptError("pass media inside each conversation of a batch (as content parts), not with media=")
+        return [one(c) for c in messages], True
+    raise PromptError("messages must be a string, a conversation (list of {'role', 'content'} dicts) or a list of them")
+
+
+def _generation_config(model: MultimodalLM, max_new_tokens: int, do_sample: bool, temperature: float,
+                       top_p: float, top_k: int | None, extra: dict[str, Any]) -> Any:
+    import copy
+
+    gc = copy.deepcopy(model.llm.generation_config)
+    gc.max_new_tokens = max_new_tokens
+    gc.max_length = None
+    gc.do_sample = do_sample
+    if do_sample:
+        gc.temperature = temperature
+        gc.top_p = top_p
+        gc.top_k = top_k
+    else:  # transformers warns about sampling knobs on greedy configs
+        gc.temperature, gc.top_p, gc.top_k = None, None, None
+    if gc.pad_token_id is None:
+        gc.pad_token_id = model.tokenizer.pad_token_id
+    if gc.eos_token_id is None:
+        gc.eos_token_id = model.tokenizer.eos_token_id
+    for k, v in extra.items():
+        setattr(gc, k, v)
+    return gc
+
+
+def _eos_ids(gc: Any) -> set[int]:
+    eos = gc.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def prepare(model: MultimodalLM, messages: Any, *, media: Sequence[Any] | None = None, base_dir: Any = None,
+            max_new_tokens: int = 256) -> tuple[Any, bool]:
+    """Collate and validate a generation prompt (media loaded, context checked) before any model work."""
+    if max_new_tokens < 1:
+        raise PromptError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    examples, is_batch = _as_examples(messages, media, base_dir)
+    budget = model.max_length - max_new_tokens
+    if budget < 1:
+        raise ContextLengthError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the context of {model.max_length}")
+    collator = model.collator(padding_side="left", add_generation_prompt=True, max_length=budget)
+    try:
+        batch = collator(examples)
+    except ContextLengthError as e:
+        raise ContextLengthError(f"{e} (the context of {model.max_length} minus max_new_tokens={max_new_tokens})") from e
+    return batch, is_batch
+
+
+def generate(
+    model: MultimodalLM,
+    messages: Any,
+    *,
+    media: Sequence[Any] | None = None,
+    base_dir: Any = None,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    streamer: Any = None,
+    **generate_kwargs: Any,
+) -> GenerationResult:
+    """Answer ``messages`` (one conversation, a string, or a list of conversations for a batch).
+
+    ``media``: parts that fill placeholders written literally in the text (single conversation only).
+    Greedy by default; ``do_sample`` with ``temperature``/``top_p``/``top_k`` samples (``seed`` makes it
+    repeatable). ``streamer``: any transformers streamer (batch size 1). Extra keyword arguments go to the
+    generation config (e.g. ``repetition_penalty``, ``output_hidden_states=True, return_dict_in_generate=True``).
+    """
+    batch, _ = prepare(model, messages, media=media, base_dir=base_dir, max_new_tokens=max_new_tokens)
+    return generate_batch(model, batch, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                          top_p=top_p, top_k=top_k, seed=seed, streamer=streamer, **generate_kwargs)
+
+
+def generate_batch(
+    model: MultimodalLM,
+    batch: Any,
+    *,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    streamer: Any = None,
+    **generate_kwargs: Any,
+) -> GenerationResult:
+    """Generate from a batch collated by :func:`prepare` (left padding, generation prompt)."""
+    if streamer is not None and len(batch) != 1:
+        raise PromptError("streaming works with one conversation at a time")
+    gc = _generation_config(model, max_new_tokens, do_sample, temperature, top_p, top_k, generate_kwargs)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad(), model.autocast():
+        spliced, _, _ = model.embed(batch)
+        prompt_len = spliced.inputs_embeds.shape[1]
+        if prompt_len + max_new_tokens > model.max_length:
+            raise ContextLengthError(f"the prompt takes {prompt_len} positions with its media; with max_new_tokens="
+                                     f"{max_new_tokens} it exceeds the context of {model.max_length}")
+        raw = model.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                 generation_config=gc, streamer=streamer)
+    sequences = raw.sequences if hasattr(raw, "sequences") else raw
+    eos = _eos_ids(gc)
+    token_ids: list[list[int]] = []
+    for row in sequences.tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        token_ids.append(row[:cut])
+    texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
+    lengths = spliced.attention_mask.sum(-1).tolist()
+    return GenerationResult(texts=texts, token_ids=token_ids, prompt_lengths=[int(n) for n in lengths],
+                            raw=raw if hasattr(raw, "sequences") else None)
+
+
+class TextStream:
+    """Iterator of answer text pieces produced by a background generation thread.
+
+    Errors raised in the thread are re-raised by the iterator; :attr:`result` holds the
+    :class:`GenerationResult` once the iteration is over.
+    """
+
+    def __init__(self, model: MultimodalLM, messages: Any, *, timeout: float | None = None, **kwargs: Any) -> None:
+        from transformers import TextIteratorStreamer
+
+        # validate (and load media) in the caller's thread so bad input raises here, not mid-iteration
+        batch, _ = prepare(model, messages, media=kwargs.pop("media", None), base_dir=kwargs.pop("base_dir", None),
+                           max_new_tokens=kwargs.get("max_new_tokens", 256))
+        if len(batch) != 1:
+            raise PromptError("stream() takes one conversation; use generate() for batches")
+        self._streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
+        self.result: GenerationResult | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.result = generate_batch(model, batch, streamer=self._streamer, **kwargs)
+            except BaseException as e:  # handed to the consumer thread
+                self._error = e
+                self._streamer.end()
+
+        self._thread = threading.Thread(target=run, name="xmm-generate", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._streamer:
+            if piece:
+                yield piece
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def stream(model: MultimodalLM, messages: Any, **kwargs: Any) -> TextStream:
+    """Like :func:`generate` for one conversation, but returns an iterator of text pieces as they are produced."""
+    return TextStream(model, messages, **kwargs)

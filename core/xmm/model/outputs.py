@@ -1,0 +1,310 @@
+"""The output half of a :class:`~xmm.model.MultimodalLM` (NExT-GPT): signal tokens, output projectors, decoders.
+
+Each output modality gets ``num_signal_tokens`` new trainable tokens (``<img_0>..<img_3>``: only their embedding
+and LM-head rows train). When the LLM emits them, its last-layer hidden states at those positions ``[S, d_llm]`` go
+through the modality's projector to the decoder's conditioning ``[T, D]`` and the decoder produces the output.
+A *text* decoder (e.g. ``device-command``) needs neither: it reads the answer text.
+
+This module holds the config (``MultimodalConfig.outputs``), :func:`attach_outputs` (which fills the model's
+``decoders`` / ``projectors`` / ``decoder_specs``), finding signal-token groups in a sequence, decoding them at
+generation time, and the checkpoint files of the projectors.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from xmm.decoder import DecoderOutput
+from xmm.errors import CheckpointError, ConfigError, IncompatibleCheckpointError, RegistryError
+
+log = logging.getLogger(__name__)
+
+# short names used in signal tokens (NExT-GPT writes <IMG0>...; we keep one style for every modality)
+SIGNAL_PREFIX = {"image": "img", "audio": "aud", "video": "vid", "speech": "sph", "device": "dev"}
+PROJECTORS_DIR = "projectors"
+
+
+class OutputConfig(BaseModel):
+    """One output modality: which decoder, how to project signal states into its conditioning.
+
+    ``projector`` is a projector config without ``input_dim``/``output_shape``/``num_input_tokens`` (filled from
+    the LLM hidden size, the decoder's ``condition_shape`` and ``num_signal_tokens``); default ``transformer``.
+    ``signal_tokens``: explicit token texts; default ``<img_0>..<img_{n-1}>`` style from the modality name.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    decoder: str = Field(description="registry name of the decoder, e.g. 'diffusers' or 'device-command'")
+    decoder_config: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the decoder")
+    projector: dict[str, Any] | None = Field(None, description="projector config (type + options) without dims")
+    num_signal_tokens: int = Field(4, ge=0, description="signal tokens per output (0 for text decoders)")
+    signal_tokens: list[str] | None = Field(None, description="explicit signal-token texts")
+
+    @field_validator("projector")
+    @classmethod
+    def _no_dims(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            for key in ("input_dim", "output_shape", "num_input_tokens"):
+                if key in v:
+                    raise ValueError(f"'{key}' is filled in by the model; leave it out of the projector config")
+        return v
+
+    def tokens_for(self, modality: str) -> list[str]:
+        if self.signal_tokens is not None:
+            if len(self.signal_tokens) != self.num_signal_tokens and "num_signal_tokens" in self.model_fields_set:
+                raise ConfigError(
+                    f"{len(self.signal_tokens)} signal_tokens given but num_signal_tokens is {self.num_signal_tokens}",
+                    field=f"outputs.{modality}.signal_tokens",
+                )
+            return list(self.signal_tokens)
+        prefix = SIGNAL_PREFIX.get(modality, modality)
+        return [f"<{prefix}_{k}>" for k in range(self.num_signal_tokens)]
+
+
+@dataclass
+class SignalGroup:
+    """One occurrence of a modality's signal tokens: row ``batch_index``, first position ``start``; ``present[k]``
+    says whether token k sits at ``start + k``."""
+
+    batch_index: int
+    start: int
+    present: list[bool]
+
+
+def find_signal_groups(token_ids: torch.Tensor, signal_ids: list[int], attention_mask: torch.Tensor | None = None) -> list[SignalGroup]:
+    """Every group of signal tokens in ``token_ids [B, L]``, in row-major order. A group starts at each occurrence of
+    the first signal token (or, when that one is missing, of any later signal token not inside a group)."""
+    if not signal_ids:
+        return []
+    ids = torch.tensor(signal_ids, dtype=token_ids.dtype, device=token_ids.device)
+    hit = torch.isin(token_ids, ids)
+    if attention_mask is not None:
+        hit &= attention_mask.bool()
+    groups: list[SignalGroup] = []
+    s = len(signal_ids)
+    rows = token_ids.tolist()
+    for b, p in hit.nonzero().tolist():
+        k = signal_ids.index(rows[b][p])
+        start = p - k
+        if groups and groups[-1].batch_index == b and groups[-1].start == start:
+            continue  # a later token of the group we already have
+        if start < 0:
+            start = 0
+        present = [start + j < len(rows[b]) and rows[b][start + j] == signal_ids[j] for j in range(s)]
+        groups.append(SignalGroup(b, start, present))
+    return groups
+
+
+def gather_signal_states(hidden: torch.Tensor, groups: list[SignalGroup], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of each group: ``hidden [B, L, d]`` -> states ``[G, S, d]`` and mask ``[G, S]`` (False where a
+    signal token is missing; its state is then taken at the clamped position and must be ignored)."""
+    if not groups:
+        return hidden.new_zeros(0, num_tokens, hidden.shape[-1]), torch.zeros(0, num_tokens, dtype=torch.bool, device=hidden.device)
+    length = hidden.shape[1]
+    b = torch.tensor([g.batch_index for g in groups], device=hidden.device)
+    pos = torch.tensor([[min(g.start + k, length - 1) for k in range(num_tokens)] for g in groups], device=hidden.device)
+    states = hidden[b.unsqueeze(1), pos]
+    mask = torch.tensor([g.present for g in groups], dtype=torch.bool, device=hidden.device)
+    return states, mask
+
+
+def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]], *,
+                   decoders: dict[str, Any] | None = None, registry: Any = None) -> None:
+    """Give ``model`` (a :class:`~xmm.model.MultimodalLM`) its output modalities, in place.
+
+    For each: the decoder (from the registry, unless an instance is passed in ``decoders``), its signal tokens
+    (``model.add_tokens(tokens, trainable=True)``) and, for conditioning decoders, a projector from the LLM hidden
+    size to the decoder's ``condition_shape``. They land in ``model.decoders[m]``, ``model.projectors[m]`` and
+    ``model.decoder_specs[m]`` (signal tokens and ids, decoder name and config).
+    """
+    from xmm.bridges.base import validate_config
+
+    decoders = dict(decoders or {})
+    for modality, config in outputs.items():
+        if isinstance(config, dict):
+            config = validate_config(OutputConfig, config, source=f"outputs.{modality}")
+        if modality in model.decoders:
+            raise ConfigError(f"output '{modality}' is already attached", field=f"outputs.{modality}")
+        decoder = decoders.pop(modality, None)
+        if decoder is None:
+            if registry is None:
+                from xmm.registry import get_registry
+
+                registry = get_registry()
+            try:
+                decoder = registry.create_decoder(config.decoder, **copy.deepcopy(config.decoder_config))
+            except RegistryError as e:
+                raise ConfigError(str(e), field=f"outputs.{modality}.decoder") from e
+        if not isinstance(decoder, nn.Module):
+            raise ConfigError(f"decoder for '{modality}' is a {type(decoder).__name__}, not an xmm Decoder", field=f"outputs.{modality}.decoder")
+        kind = getattr(decoder, "input_kind", "conditioning")
+        explicit = "num_signal_tokens" in config.model_fields_set or config.signal_tokens is not None
+        # a text decoder reads the answer, so it gets signal tokens only when asked for them explicitly
+        tokens = config.tokens_for(modality) if kind == "conditioning" or explicit else []
+        if kind == "conditioning":
+            model.projectors[modality] = _build_projector(modality, config, decoder, model.hidden_size, len(tokens)).to(model.device)
+        decoder.requires_grad_(False)
+        decoder.eval()
+        model.decoders[modality] = decoder
+        ids = model.add_tokens(tokens, trainable=True) if tokens else []
+        model.decoder_specs[modality] = {
+            "decoder": config.decoder,
+            "decoder_config": config.decoder_config,
+            "output_config": config,
+            "input_kind": kind,
+            "signal_tokens": list(tokens),
+            "signal_ids": [int(i) for i in ids],
+        }
+    if decoders:
+        raise ConfigError(f"decoders given for outputs that are not configured: {sorted(decoders)}", field="outputs")
+
+
+def _build_projector(modality: str, config: OutputConfig, decoder: Any, hidden_size: int, num_tokens: int) -> nn.Module:
+    if not num_tokens:
+        raise ConfigError("a conditioning decoder needs at least one signal token", field=f"outputs.{modality}.num_signal_tokens")
+    shape = getattr(decoder, "condition_shape", None)
+    if shape is None:
+        raise ConfigError(f"decoder '{config.decoder}' does not say its condition_shape", field=f"outputs.{modality}.decoder")
+    from xmm.projectors.base import create_projector
+
+    data = dict(config.projector or {"type": "transformer"})
+    data.update(input_dim=int(hidden_size), output_shape=[int(shape[0]), int(shape[1])], num_input_tokens=num_tokens)
+    try:
+        return create_projector(data)
+    except (ConfigError, RegistryError) as e:
+        raise ConfigError(str(e), field=f"outputs.{modality}.projector") from e
+
+
+def signal_ids(model: Any, modality: str) -> list[int]:
+    spec = model.decoder_specs.get(modality) or {}
+    return list(spec.get("signal_ids", []))
+
+
+def project_signals(model: Any, modality: str, hidden: torch.Tensor, token_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[SignalGroup]]:
+    """Conditioning ``[G, T, D]`` for every group of ``modality``'s signal tokens in ``token_ids [B, L]``, from the
+    LLM's last-layer states ``hidden [B, L, d]`` (differentiable: the alignment loss trains through it)."""
+    projector = model.projectors[modality]
+    ids = signal_ids(model, modality)
+    groups = find_signal_groups(token_ids, ids, attention_mask)
+    if not groups:
+        t, d = projector.output_shape
+        return hidden.new_zeros(0, t, d), groups
+    states, mask = gather_signal_states(hidden, groups, len(ids))
+    dtype = next(projector.parameters()).dtype
+    return projector(states.to(dtype), mask), groups
+
+
+@torch.no_grad()
+def decode_outputs(model: Any, hidden: torch.Tensor | None, token_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   answers: list[str]) -> list[list[DecoderOutput]]:
+    """Run every output: per batch row, the :class:`DecoderOutput` of each decoder that produced something.
+
+    Conditioning decoders run once per signal group found in ``token_ids [B, L]`` (``hidden [B, L, d]``: the
+    last-layer states over that sequence); text decoders read ``answers`` (one per row) and count when they return
+    an output that is not ``None`` (the device decoder returns a result with ``command`` set for a valid command).
+    """
+    rows: list[list[DecoderOutput]] = [[] for _ in answers]
+    for modality, decoder in model.decoders.items():
+        kind = getattr(decoder, "input_kind", "conditioning")
+        if kind == "text":
+            out = decoder(text=list(answers))
+            for b, item in enumerate(out.outputs):
+                if item is not None and _produced(item):
+                    rows[b].append(DecoderOutput(out.modality, [item], dict(out.info)))
+            continue
+        if hidden is None:
+            continue
+        cond, groups = project_signals(model, modality, hidden, token_ids, attention_mask)
+        if not groups:
+            continue
+        out = decoder(cond)
+        for g, item in zip(groups, out.outputs):
+            rows[g.batch_index].append(DecoderOutput(out.modality, [item], dict(out.info)))
+    return rows
+
+
+def _produced(item: Any) -> bool:
+    # a text decoder's "nothing here" (e.g. an answer that is not a command) is a result without its payload
+    if hasattr(item, "command"):
+        return item.command is not None
+    return True
+
+
+def has_outputs(model: Any) -> bool:
+    return len(getattr(model, "decoders", {}) or {}) > 0
+
+
+def needs_hidden_states(model: Any) -> bool:
+    return any(getattr(d, "input_kind", "conditioning") == "conditioning" for d in model.decoders.values())
+
+
+# -- checkpoint files -----------------------------------------------------------------------------------------
+def outputs_manifest(model: Any) -> dict[str, Any]:
+    """JSON-able record of the outputs for ``xmm.json``: per modality the decoder (name, config, id, revision),
+    signal tokens and projector config/folder."""
+    record: dict[str, Any] = {}
+    for modality, spec in model.decoder_specs.items():
+        decoder = model.decoders[modality]
+        config = spec["output_config"]
+        entry = {
+            "config": config.model_dump(mode="json"),
+            "decoder_id": getattr(decoder, "id", None),
+            "decoder_revision": getattr(decoder, "revision", None),
+            "input_kind": spec["input_kind"],
+            "signal_tokens": spec["signal_tokens"],
+        }
+        if hasattr(decoder, "describe"):
+            entry["decoder_record"] = decoder.describe()
+        if modality in model.projectors:
+            entry["projector"] = f"{PROJECTORS_DIR}/{modality}"
+            entry["projector_config"] = model.projectors[modality].config.model_dump(mode="json")
+        record[modality] = entry
+    return record
+
+
+def save_projectors(model: Any, directory: str | Path) -> dict[str, str]:
+    """Save each projector to ``directory/projectors/<modality>/``; returns modality -> relative folder."""
+    saved = {}
+    for modality, projector in model.projectors.items():
+        rel = f"{PROJECTORS_DIR}/{modality}"
+        projector.save_pretrained(Path(directory) / rel)
+        saved[modality] = rel
+    return saved
+
+
+def load_projectors(model: Any, directory: str | Path) -> None:
+    """Load saved weights into the model's (already built) projectors, strictly; the config must match."""
+    from xmm.bridges.base import load_weights_dir, read_config_json
+
+    for modality, projector in model.projectors.items():
+        folder = Path(directory) / PROJECTORS_DIR / modality
+        if not folder.is_dir():
+            raise CheckpointError(f"{directory}: the checkpoint has no projector for output '{modality}' ({folder} is missing)")
+        saved = read_config_json(folder, kind="projector")
+        own = projector.config.model_dump(mode="json")
+        if saved != own:
+            diff = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
+            raise IncompatibleCheckpointError(
+                f"{folder}: the saved projector has {', '.join(f'{k}={saved.get(k)!r}' for k in diff)} but the model "
+                f"built {', '.join(f'{k}={own.get(k)!r}' for k in diff)}; was the decoder changed?"
+            )
+        load_weights_dir(projector, folder, kind="projector")
+
+
+def media_stem(output_dir: str | Path, modality: str, index: int, prefix: str = "xmm") -> Path:
+    """A fresh file stem ``<dir>/<prefix>-<modality>-<n>`` that no existing file uses (any suffix)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = index
+    while any(out.glob(f"{prefix}-{modality}-{n}.*")):
+        n += 1
+    return out / f"{prefix}-{modality}-{n}"

@@ -1,0 +1,72 @@
+"""Optimiser (with per-group learning rates) and learning-rate schedule of a stage."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from xmm.errors import ConfigError
+from xmm.training.plan import OptimizerConfig, ScheduleConfig
+from xmm.training.selection import Selection, resolve_selector
+
+
+def param_groups(model: nn.Module, selection: Selection, cfg: OptimizerConfig, *, field_prefix: str,
+                 source: str | None = None) -> list[dict[str, Any]]:
+    """Optimiser groups over the selected parameters only (frozen ones get no optimiser state).
+
+    A parameter takes the lr / weight decay of the first ``cfg.groups`` entry that selects it, else the defaults.
+    Parameters with fewer than 2 dimensions (biases, norms, scalars) get no weight decay.
+    """
+    owner: dict[str, int] = {}
+    for gi, group in enumerate(cfg.groups):
+        for si, sel in enumerate(group.params):
+            names = resolve_selector(model, sel, field_name=f"{field_prefix}.groups.{gi}.params.{si}", source=source)
+            outside = [n for n in names if n not in selection.params]
+            if outside:
+                raise ConfigError(
+                    f"selector {sel!r} picks parameters that the stage does not train (e.g. {outside[0]}); "
+                    "list them under 'trainable' too", field=f"{field_prefix}.groups.{gi}.params.{si}", source=source,
+                )
+            for n in names:
+                owner.setdefault(n, gi)
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, p in selection.params.items():
+        buckets.setdefault((owner.get(name, -1), p.dim() >= 2), []).append(p)
+    groups = []
+    for (gi, decays), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        g = cfg.groups[gi] if gi >= 0 else None
+        lr = g.lr if g is not None and g.lr is not None else cfg.lr
+        wd = g.weight_decay if g is not None and g.weight_decay is not None else cfg.weight_decay
+        groups.append({"params": params, "lr": lr, "weight_decay": wd if decays else 0.0, "xmm_group": gi})
+    return groups
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    clean = [{k: v for k, v in g.items() if k != "xmm_group"} for g in groups]
+    if cfg.type == "adamw":
+        return torch.optim.AdamW(clean, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.type == "adam":
+        return torch.optim.Adam(clean, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def lr_factor(step: int, total: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of the base lr before optimiser step ``step`` (0-based) of ``total``."""
+    warmup = max(cfg.warmup_steps, int(round(cfg.warmup_ratio * total)))
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if cfg.type == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    floor = cfg.min_lr_ratio
+    if cfg.type == "linear":
+        return floor + (1.0 - floor) * (1.0 - progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: ScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))

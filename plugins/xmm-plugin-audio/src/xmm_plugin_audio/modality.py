@@ -1,0 +1,33 @@
+"""The ``audio`` modality (non-speech sound): placeholder ``<audio>``, soundfile loading, CREPE encoder by default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xmm.modality import ModalitySpec
+from xmm_plugin_audio.io import AUDIO_EXTENSIONS, AudioLoadConfig, AudioLoader, config_from_env, fingerprint_audio
+
+NAME = "audio"
+PLACEHOLDER = "<audio>"
+DEFAULT_ENCODER = "torchcrepe"
+DEFAULT_BRIDGE = "qformer"
+NUM_QUERY_TOKENS = 32
+
+
+def audio_spec(load_config: AudioLoadConfig | None = None, **overrides: Any) -> ModalitySpec:
+    """The ``audio`` spec; ``load_config`` defaults to 600 s max with silence rejected (env ``XMM_AUDIO_*`` applies)."""
+    load_config = load_config or config_from_env(NAME, AudioLoadConfig(max_seconds=600.0))
+    fields: dict[str, Any] = {
+        "name": NAME,
+        "placeholder": PLACEHOLDER,
+        "load": AudioLoader(load_config, modality=NAME),
+        "default_encoder": DEFAULT_ENCODER,
+        "default_bridge": DEFAULT_BRIDGE,
+        "default_bridge_config": {"num_query_tokens": NUM_QUERY_TOKENS},
+        "num_query_tokens": NUM_QUERY_TOKENS,
+        "file_extensions": AUDIO_EXTENSIONS,
+        "description": "non-speech sound (WAV/FLAC/OGG); long audio is cut into 10 s clips encoded one by one",
+        "fingerprint": fingerprint_audio,
+    }
+    fields.update(overrides)
+    return ModalitySpec(**fields)

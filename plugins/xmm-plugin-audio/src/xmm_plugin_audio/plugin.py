@@ -1,0 +1,31 @@
+"""Entry point of xmm-plugin-audio (group ``xmm``, name ``audio``): the modality and its encoders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from xmm import hookimpl
+
+
+@hookimpl
+def xmm_modalities() -> list[Any]:
+    from xmm_plugin_audio.modality import audio_spec
+
+    return [audio_spec()]
+
+
+@hookimpl
+def xmm_encoders() -> dict[str, Callable[..., Any]]:
+    # factories import lazily: listing plugins must not load torch models
+    def torchcrepe(**config: Any) -> Any:
+        from xmm_plugin_audio.crepe import CrepeEncoder
+
+        return CrepeEncoder(**config)
+
+    def hf_audio(**config: Any) -> Any:
+        from xmm_plugin_audio.hf import HFAudioEncoder
+
+        return HFAudioEncoder(**config)
+
+    return {"torchcrepe": torchcrepe, "hf-audio": hf_audio}

@@ -1,0 +1,41 @@
+"""Fixtures of the device plugin tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def snapshot(ts: str = "2024-05-01T12:00:00Z", **over: Any) -> dict[str, Any]:
+    """A complete, valid raw snapshot; keyword arguments replace top-level fields."""
+    base: dict[str, Any] = {
+        "timestamp": ts,
+        "battery": {"level": 54, "charging": False},
+        "temperature": 36.5,
+        "cpu_load": 35,
+        "memory_load": 61,
+        "storage": {"used": 100, "total": 128},
+        "network": {"type": "wifi", "signal": 80},
+        "screen": {"on": True, "brightness": 70},
+        "volume": 40,
+        "location_permission": "while_in_use",
+        "foreground_app": "maps",
+    }
+    base.update(over)
+    return base
+
+
+@pytest.fixture
+def make_snapshot():
+    return snapshot
+
+
+@pytest.fixture
+def device_registry():
+    """A registry rebuilt from the installed entry points for the test, forgotten afterwards."""
+    from xmm.registry import get_registry, reset_registry
+
+    reset_registry()
+    yield get_registry()
+    reset_registry()

@@ -1,0 +1,260 @@
+"""Loading images from a path, bytes, a PIL image or a numpy array into an 8-bit RGB ``PIL.Image``.
+
+What :func:`load_image` guarantees: EXIF orientation applied, any mode (RGBA, palette, greyscale, 16-bit, float,
+CMYK) converted to 8-bit RGB with transparency composited onto a background, the pixel count checked against a
+configurable limit *before* the pixels are decoded (decompression bombs), and every failure raised as an
+:class:`xmm.errors.MediaError` subclass that names the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xmm.errors import ConfigError, CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
+from xmm.modality import default_fingerprint
+
+log = logging.getLogger(__name__)
+
+MODALITY = "image"
+# ~120 megapixels: a 108 MP phone photo passes, and it stays below Pillow's own hard limit (2 x 89.5 MP), so the
+# limit that applies is always this one. Decoded as RGB that is ~360 MB.
+DEFAULT_MAX_PIXELS = 120_000_000
+MAX_PIXELS_ENV = "XMM_IMAGE_MAX_PIXELS"
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageLoadConfig(BaseModel):
+    """How raw images are loaded (user-facing; ``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, description="refuse images with more pixels (w*h)")
+    background: tuple[int, int, int] = Field(default=(255, 255, 255), description="RGB behind transparent pixels")
+    exif_transpose: bool = Field(default=True, description="apply the EXIF orientation tag")
+
+
+def default_load_config() -> ImageLoadConfig:
+    """The defaults, with ``max_pixels`` taken from ``$XMM_IMAGE_MAX_PIXELS`` when set."""
+    env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not env:
+        return ImageLoadConfig()
+    try:
+        value = int(env)
+    except ValueError:
+        value = -1
+    try:
+        return ImageLoadConfig(max_pixels=value)
+    except ValidationError as e:  # not xmm.bridges.base.validate_config: loading must not import torch
+        raise ConfigError(f"must be a positive integer, got {env!r}", field="max_pixels", source=f"${MAX_PIXELS_ENV}") from e
+
+
+def load_image(raw: Any, config: ImageLoadConfig | None = None) -> Image.Image:
+    """Load ``raw`` (path, bytes, ``PIL.Image`` or ``ndarray`` [H, W] / [H, W, C]) as a new 8-bit RGB image.
+
+    Raises :class:`MediaTooLargeError` (more than ``max_pixels``), :class:`EmptyMediaError` (zero-byte input),
+    :class:`CorruptMediaError` (not an image, truncated, undecodable) or :class:`MediaError` (missing file, unsupported
+    type), each naming the input.
+    """
+    cfg = config or default_load_config()
+    if isinstance(raw, Image.Image):
+        _check_pixels(raw.size, cfg, raw)
+        img = raw
+    elif isinstance(raw, np.ndarray):
+        _check_pixels((raw.shape[1], raw.shape[0]) if raw.ndim >= 2 else (0, 0), cfg, raw)
+        img = _from_array(raw)
+    elif isinstance(raw, (str, Path)):
+        return _decode(_read_file(Path(raw)), raw, cfg)
+    elif isinstance(raw, (bytes, bytearray, memoryview)):
+        if len(raw) == 0:
+            raise EmptyMediaError("no data (0 bytes)", source=raw, modality=MODALITY)
+        return _decode(bytes(raw), raw, cfg)
+    else:
+        raise MediaError(
+            f"unsupported image input type {type(raw).__name__}; pass a path, bytes, a PIL image or a numpy array",
+            source=raw,
+            modality=MODALITY,
+        )
+    return _finish(img, raw, cfg)
+
+
+def image_fingerprint(raw: Any) -> str:
+    """sha256 identifying an image input for the feature cache.
+
+    Paths and bytes hash their bytes (as core's default does); in-memory PIL images hash mode, size, palette,
+    EXIF orientation and pixels; arrays hash dtype, shape and data. Equal content gives equal keys.
+    """
+    if isinstance(raw, Image.Image):
+        h = hashlib.sha256(b"xmm-pil-image\0")
+        h.update(f"{raw.mode}|{raw.size[0]}x{raw.size[1]}|".encode())
+        if raw.mode in ("P", "PA") and raw.palette is not None:
+            h.update(raw.palette.tobytes())
+        try:
+            orientation = raw.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # a malformed EXIF block must not make an image uncacheable
+            orientation = 1
+        h.update(f"orientation={orientation}|".encode())
+        h.update(raw.tobytes())
+        return h.hexdigest()
+    if isinstance(raw, np.ndarray):
+        h = hashlib.sha256(b"xmm-ndarray\0")
+        h.update(f"{raw.dtype.str}|{raw.shape}|".encode())
+        h.update(np.ascontiguousarray(raw).tobytes())
+        return h.hexdigest()
+    return default_fingerprint(raw, modality=MODALITY)
+
+
+# -- internals ----------------------------------------------------------------------------------------------------
+def _read_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise MediaError("file not found", source=path, modality=MODALITY) from e
+    except IsADirectoryError as e:
+        raise MediaError("is a directory, not an image file", source=path, modality=MODALITY) from e
+    except OSError as e:
+        raise MediaError(f"cannot read file: {e.strerror or e}", source=path, modality=MODALITY) from e
+    if not data:
+        raise EmptyMediaError("file is empty (0 bytes)", source=path, modality=MODALITY)
+    return data
+
+
+def _decode(data: bytes, source: Any, cfg: ImageLoadConfig) -> Image.Image:
+    with warnings.catch_warnings():
+        # the pixel limit is ours (checked below from the header, before decoding); Pillow's warning is noise
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise MediaTooLargeError(
+                f"image is larger than Pillow's hard limit ({e}); raise PIL.Image.MAX_IMAGE_PIXELS as well as "
+                f"max_pixels to load it",
+                source=source,
+                modality=MODALITY,
+            ) from e
+        except UnidentifiedImageError as e:
+            raise CorruptMediaError(
+                f"not a recognised image format ({len(data)} bytes, starts with {data[:8]!r})",
+                source=source,
+                modality=MODALITY,
+            ) from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise CorruptMediaError(f"cannot read image header: {e}", source=source, modality=MODALITY) from e
+        _check_pixels(img.size, cfg, source)
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+            # truncated files raise OSError("image file is truncated ..."); broken codecs raise the others
+            raise CorruptMediaError(
+                f"cannot decode {img.format or 'image'} data (corrupt or truncated): {e}", source=source, modality=MODALITY
+            ) from e
+    return _finish(img, source, cfg)
+
+
+def _check_pixels(size: tuple[int, int], cfg: ImageLoadConfig, source: Any) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise EmptyMediaError(f"image has no pixels (size {w}x{h})", source=source, modality=MODALITY)
+    if w * h > cfg.max_pixels:
+        raise MediaTooLargeError(
+            f"image is {w}x{h} = {w * h:,} pixels, over the limit of {cfg.max_pixels:,} "
+            f"(max_pixels / ${MAX_PIXELS_ENV}); refusing to decode it (decompression-bomb guard)",
+            source=source,
+            modality=MODALITY,
+        )
+
+
+def _finish(img: Image.Image, source: Any, cfg: ImageLoadConfig) -> Image.Image:
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)  # animated GIF/WebP/APNG, multi-page TIFF: the first frame
+    if cfg.exif_transpose:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception as e:  # a malformed EXIF block only loses the orientation, not the image
+            where = source if isinstance(source, (str, Path)) else type(source).__name__
+            log.debug("ignoring the unreadable EXIF orientation of %s: %s", where, e)
+    out = to_rgb(img, cfg.background, source=source)
+    return out if out is not img else img.copy()
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255), *, source: Any = None) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    Transparency (RGBA, LA, PA, palette or RGB/L with a transparent colour) is composited onto ``background``;
+    16-bit greyscale is scaled by 255/65535; 32-bit integer and float images are scaled by their range (see README).
+    """
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I;16"):
+        arr = np.asarray(img, dtype=np.float64)
+        return _grey_to_rgb(arr * (255.0 / 65535.0))
+    if mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0 and hi <= 255:
+            return _grey_to_rgb(arr)  # 8-bit values stored as int32 (e.g. after ImageOps on "L")
+        if lo >= 0 and hi <= 65535:
+            return _grey_to_rgb(arr * (255.0 / 65535.0))  # Pillow opens some 16-bit PNG/TIFF as "I"
+        return _grey_to_rgb(_stretch(arr))
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+            return _grey_to_rgb(np.nan_to_num(arr) * 255.0)
+        return _grey_to_rgb(_stretch(np.nan_to_num(arr)))
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    try:
+        if has_alpha:
+            rgba = img.convert("RGBA")
+            base = Image.new("RGBA", img.size, (*background, 255))
+            return Image.alpha_composite(base, rgba).convert("RGB")
+        return img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise MediaError(f"cannot convert image mode '{mode}' to RGB: {e}", source=source, modality=MODALITY) from e
+
+
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros_like(arr)
+    return (arr - lo) * (255.0 / (hi - lo))
+
+
+def _grey_to_rgb(arr: np.ndarray) -> Image.Image:
+    grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    """[H, W] or [H, W, C] (C in 1, 3, 4) arrays of uint8, uint16, bool, int or float -> PIL image."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise MediaError(
+            f"array of shape {arr.shape} is not an image; expected [H, W], [H, W, 3] or [H, W, 4]",
+            source=arr,
+            modality=MODALITY,
+        )
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = np.rint(arr.astype(np.float64) * (255.0 / 65535.0))
+    elif np.issubdtype(arr.dtype, np.floating):
+        finite = arr[np.isfinite(arr)]
+        scale = 255.0 if finite.size and finite.min() >= 0 and finite.max() <= 1 else None
+        arr = np.nan_to_num(arr) * scale if scale else _stretch(np.nan_to_num(arr.astype(np.float64)))
+    elif arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        if arr.min() < 0 or arr.max() > 255:
+            arr = _stretch(arr)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr)
