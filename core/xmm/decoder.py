@@ -36,6 +36,11 @@ class Decoder(nn.Module):
     def forward(self, conditioning: torch.Tensor | None = None, *, text: list[str] | None = None, **kwargs: Any) -> DecoderOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def text_condition(self, captions: list[str]) -> torch.Tensor:
+        """A conditioning decoder's own text-encoder embedding of ``captions``: ``[B, T, D]`` with ``(T, D) =
+        condition_shape``. It is the target of the decoder-side alignment loss (NExT-GPT)."""
+        raise NotImplementedError(f"{type(self).__name__} has no text encoder to align signal tokens with")
+
     def save_output(self, output: Any, path_stem: str | Path) -> Path:
         """Write one produced output to ``path_stem`` + a suitable suffix and return the path."""
         raise NotImplementedError(f"{type(self).__name__} cannot save its outputs to files")

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from outputs_support import TINY_PROJECTOR, build_tiny_llm
 
-TINY_PROJECTOR = {"type": "transformer", "hidden_dim": 32, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1}
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models here are tiny: one intra-op thread is fastest, and avoids thread oversubscription on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -22,20 +30,8 @@ def smollm2_tokenizer_path() -> str:
 
 @pytest.fixture
 def tiny_llm(smollm2_tokenizer_path):
-    """``(model, tokenizer, info)``: a 2-layer random Llama of width 64 over SmolLM2's tokenizer (fresh per test,
-    since adding tokens mutates the tokenizer)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-    )
-    llm = LlamaForCausalLM(config)
-    llm.requires_grad_(False)
-    llm.eval()
-    return llm, tok, {"id": "tiny-llama", "revision": "random"}
+    """A fresh tiny LLM per test (adding tokens mutates the tokenizer and wraps the embeddings)."""
+    return build_tiny_llm(smollm2_tokenizer_path)
 
 
 @pytest.fixture(scope="session")

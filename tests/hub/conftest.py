@@ -63,7 +63,6 @@ class FakeHub:
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeHub:
     from huggingface_hub import CommitInfo, HfApi, RepoUrl
-
     from huggingface_hub.utils import build_hf_headers
 
     hub = FakeHub(tmp_path / "remote")

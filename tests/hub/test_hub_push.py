@@ -11,7 +11,7 @@ import logging
 
 import pytest
 import torch
-from hubtest_support import EVAL, TOKEN, files_under
+from hubtest_support import EVAL, PLAN, TOKEN, files_under
 from huggingface_hub import ModelCard
 from xmm import hub
 from xmm.cli.main import main
@@ -66,8 +66,8 @@ def test_model_card_describes_the_checkpoint(checkpoint, tmp_path):
     assert f"| tiny-org/tiny-llama | abc123 | {manifest['llm']['embedding_fingerprint']} | 16 |" in text
     assert "| smell | `<smell>` | smell-encoder | mlp | one per encoder token |" in text
     assert "| smell | test/smell-encoder | r1 | frozen | xmm-plugin-hubtest 0.0.1 |" in text
-    # parameter counts read from the safetensors headers: MLP 12->16->16 and LoRA r=2 on q/v of one layer
-    assert "| bridges/smell | mlp | smell | 480 |" in text
+    # parameter count read from the safetensors headers: MLP 32 -> 16 -> 16 with biases
+    assert "| bridges/smell | mlp | smell | 800 |" in text
     assert "| align | bridge:smell | lm | 100 |" in text
     assert f"| eval | exact | {EVAL['score']} | {EVAL['n']} |" in text
     assert 'MultimodalLM.from_pretrained("me/smell-lm")' in text
@@ -84,6 +84,10 @@ def test_revision_creates_the_branch_and_create_pr_does_not(checkpoint, fake_hub
     hub.push_checkpoint(checkpoint, "me/smell-lm", create_pr=True)
     assert fake_hub.names() == ["create_repo", "upload_folder"]
     assert fake_hub.kwargs("upload_folder")["create_pr"] is True
+    fake_hub.calls.clear()
+    with pytest.raises(ConfigError, match="pull request always targets the main branch"):
+        hub.push_checkpoint(checkpoint, "me/smell-lm", revision="stage-2", create_pr=True)
+    assert fake_hub.calls == []
 
 
 def test_token_reaches_the_client_but_no_file_output_or_log(checkpoint, fake_hub, tmp_path, capsys, caplog,
@@ -159,24 +163,66 @@ def test_cli_errors_exit_1_with_a_message(tmp_path, fake_hub, capsys):
     assert fake_hub.calls == []
 
 
-def test_training_checkpoint_uploads_model_and_eval_but_never_optimizer_state(checkpoint, tmp_path):
+def test_training_run_folders_upload_the_model_and_never_optimizer_state(trained_model, tmp_path):
+    """The trainer's layout: <run>/model (final) and <run>/checkpoints/<name>/{model/, optimizer.pt, ...}."""
     run = tmp_path / "run"
     stage = run / "checkpoints" / "stage-1-align"
-    stage.mkdir(parents=True)
-    model_dir = stage / "model"
-    model_dir.mkdir()
-    for f in files_under(checkpoint):
-        if f not in ("plan.yaml", "eval.json"):
-            (model_dir / f).parent.mkdir(parents=True, exist_ok=True)
-            (model_dir / f).write_bytes((checkpoint / f).read_bytes())
+    trained_model.save_pretrained(stage / "model")
+    (stage / "model" / "eval.json").write_text(json.dumps(EVAL))
     torch.save({"state": {}}, stage / "optimizer.pt")
     (stage / "trainer_state.json").write_text("{}")
-    (stage / "eval.json").write_text((checkpoint / "eval.json").read_text())
-    (run / "plan.yaml").write_text((checkpoint / "plan.yaml").read_text())
     (run / "checkpoints" / "latest").write_text("stage-1-align\n")
-    (model_dir / ".xmm.json.123.tmp").write_text("half-written")  # leftovers of an interrupted save are skipped
-    for source in (run, stage):
-        staged = tmp_path / f"staged-{source.name}"
-        report = hub.prepare_checkpoint(source, staged, repo_id="me/smell-lm")
-        assert list(report.files) == CHECKPOINT_FILES
-        assert "| align | bridge:smell | lm | 100 |" in (staged / "README.md").read_text()
+    (run / "plan.yaml").write_text(PLAN)
+    (stage / "model" / ".xmm.json.123.tmp").write_text("half-written")  # leftovers of an interrupted save
+
+    # a run killed before its end: the checkpoint `latest` names; the plan from the run folder
+    staged = tmp_path / "staged-partial"
+    assert list(hub.prepare_checkpoint(run, staged).files) == CHECKPOINT_FILES
+    assert (staged / "bridges/smell/model.safetensors").read_bytes() == (
+        stage / "model/bridges/smell/model.safetensors").read_bytes()
+
+    # a finished run: its final model (other weights), with the last stage's evaluation on the card
+    with torch.no_grad():
+        for p in trained_model.bridges.parameters():
+            p.mul_(2.0)
+    trained_model.save_pretrained(run / "model")
+    (run / "model" / "plan.yaml").write_text(PLAN)
+    staged = tmp_path / "staged-final"
+    assert list(hub.prepare_checkpoint(run, staged).files) == CHECKPOINT_FILES
+    assert (staged / "bridges/smell/model.safetensors").read_bytes() == (
+        run / "model/bridges/smell/model.safetensors").read_bytes()
+    card = (staged / "README.md").read_text()
+    assert "| align | bridge:smell | lm | 100 |" in card and "| eval | exact | 0.875 | 64 |" in card
+
+    # one training checkpoint on its own
+    assert list(hub.prepare_checkpoint(stage, tmp_path / "staged-stage").files) == CHECKPOINT_FILES
+
+
+def test_card_for_shared_bridges_outputs_and_several_evaluations(tmp_path):
+    """Card sections from a hand-written manifest: a ChatBridge-style shared bridge, a decoder, epochs, two evals."""
+    (tmp_path / "bridges/shared").mkdir(parents=True)
+    (tmp_path / "bridges/shared/config.json").write_text(json.dumps({"type": "perceiver", "num_latents": 16}))
+    (tmp_path / "plan.yaml").write_text("stages:\n  - name: instruct\n    trainable: [bridge:*, llm:lora]\n"
+                                        "    objectives: [{name: lm, weight: 1.0}]\n    epochs: 2\n")
+    (tmp_path / "eval.json").write_text(json.dumps({"images": {"metric": "exact", "score": 0.5, "n": 10},
+                                                    "speech": {"metric": "wer", "score": 0.125, "n": 8}}))
+    plugin = {"distribution": "xmm-plugin-image", "version": "0.1.0"}
+    manifest = {
+        "llm": {"id": "/tmp/local-llm", "revision": "local", "embedding_fingerprint": "sha256:ab", "hidden_size": 576},
+        "modalities": {
+            m: {"placeholder": f"<{m}>", "plugin": plugin,
+                "encoder": {"name": f"{m}-enc", "id": f"org/{m}", "revision": "7", "plugin": plugin}, "bridge": "shared"}
+            for m in ("image", "video")
+        },
+        "bridges": {"shared": {"type": "perceiver", "path": "bridges/shared", "modalities": ["image", "video"]}},
+        "decoders": {"image": {"decoder_id": "diffusers/sd", "decoder_revision": "r2", "signal_tokens": ["<img0>", "<img1>"]}},
+    }
+    text = hub.checkpoint_card(tmp_path, manifest)
+    card = ModelCard(text)
+    assert card.data.base_model is None  # a local folder is not a Hub repo id
+    assert card.data.tags == ["xmm", "multimodal", "image", "video", "bridge-perceiver"]
+    assert "| image | `<image>` | image-enc | perceiver (shared 'shared') | 16 |" in text
+    assert "| image | diffusers/sd | r2 | <img0>, <img1> |" in text
+    assert "| instruct | bridge:*, llm:lora | lm | 2 epochs |" in text
+    assert "| images | exact | 0.5 | 10 |" in text and "| speech | wer | 0.125 | 8 |" in text
+    assert "pip install xmm-core xmm-plugin-image==0.1.0" in text

@@ -11,7 +11,7 @@ from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import MediaError
 from xmm.modality import ModalitySpec
 
-SMELL_DIM = 12
+SMELL_DIM = 32
 
 
 def load_smell(raw: Any) -> torch.Tensor:

@@ -65,7 +65,9 @@ class TinyImageEncoder(Encoder):
         g = torch.Generator().manual_seed(seed)
         self.proj = torch.nn.Linear(3, IMG_DIM)
         with torch.no_grad():
+            # "pretrained" weights: deterministic, as a real frozen encoder's are
             self.proj.weight.copy_(torch.randn(IMG_DIM, 3, generator=g))
+            self.proj.bias.copy_(torch.randn(IMG_DIM, generator=g))
 
     def preprocess(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(raw).permute(2, 0, 1)[None]
@@ -178,7 +180,8 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) ->
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                      initializer_range=0.3)  # large init: varied greedy output, so comparisons mean something
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2)

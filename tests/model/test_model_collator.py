@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from xmm.errors import ContextLengthError, CorruptMediaError, MediaError, PromptError
 from xmm.model import IGNORE_INDEX, MultimodalCollator
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from xmm.errors import ConfigError, PromptError, ShapeError
 from xmm.model import IGNORE_INDEX, MultimodalLM, splice
 from xmm.model.collator import MultimodalBatch
@@ -137,6 +136,8 @@ def test_bridge_config_errors(registry, tiny_llm, tiny_config) -> None:
         MultimodalLM.from_config(tiny_config(modalities={"image": {"bridge": {"hidden_dim": "x"}}}), llm=tiny_llm, registry=registry)
     with pytest.raises(ConfigError, match=r"shared_bridge 'zz', which is not defined"):
         MultimodalLM.from_config(tiny_config(modalities={"image": {"shared_bridge": "zz"}}), llm=tiny_llm, registry=registry)
+    with pytest.raises(ConfigError, match=r"modalities\.image\.encoder_config.*unexpected keyword argument 'bogus'"):
+        MultimodalLM.from_config(tiny_config(modalities={"image": {"encoder_config": {"bogus": 1}}}), llm=tiny_llm, registry=registry)
     with pytest.raises(ConfigError, match=r"modalities\.smell.*no modality named 'smell'"):
         MultimodalLM.from_config(tiny_config(modalities={"smell": {}}), llm=tiny_llm, registry=registry)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from xmm.errors import CorruptMediaError, MediaError, PromptError
 from xmm.model.messages import MediaItem, parse_conversation
 

@@ -120,11 +120,18 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import torch
+
     monkeypatch.setenv("XMM_HOME", str(tmp_path / "xmm_home"))
     monkeypatch.setenv("XMM_NO_PROGRESS", "1")
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
+    # tiny models gain nothing from more threads, and on a busy CPU spinning OpenMP threads make them 5x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

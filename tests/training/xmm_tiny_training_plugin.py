@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from xmm import hookimpl
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import CorruptMediaError, MediaError

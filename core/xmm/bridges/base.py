@@ -60,6 +60,14 @@ class Bridge(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None, *, modality: str | None = None) -> BridgeOutput:  # pragma: no cover
         raise NotImplementedError
 
+    @classmethod
+    def tiny_config(cls, input_dim: int, output_dim: int) -> BridgeConfig:
+        """A small valid config, used by the tests that run over every registered bridge (plugins' too).
+
+        The default takes the config class's defaults; bridges whose defaults are large override it.
+        """
+        return cls.config_class(type=cls.bridge_type, input_dim=input_dim, output_dim=output_dim)
+
     def num_output_tokens(self, modality: str | None = None) -> int | None:
         """Q, the number of embeddings per item; ``None`` when it depends on the input (e.g. CIF)."""
         return None

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from xmm.bridges import register_bridge
+from xmm.bridges._frozen import offset_norm_projections
 from xmm.bridges._layers import attend, check_modality_names, make_query_sets, merge_heads, select_queries, split_heads
 from xmm.bridges.base import Bridge, BridgeConfig, BridgeOutput
 from xmm.errors import CheckpointError, ShapeError
@@ -80,12 +81,20 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x ``[N, S, dim]``, latents ``[N, Q, dim]``, mask ``[N, 1, 1, S + Q]`` -> ``[N, Q, dim]``."""
-        n, s, _ = x.shape
+    def forward(
+        self, x: torch.Tensor | None, latents: torch.Tensor, mask: torch.Tensor | None, media_kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x ``[N, S, dim]`` (or its keys/values ``media_kv [N, S, 2*inner]``), latents ``[N, Q, dim]``, mask
+        ``[N, 1, 1, S + Q]`` -> ``[N, Q, dim]``."""
+        n = latents.shape[0]
         lat = self.norm_latents(latents)
         q = split_heads(self.to_q(lat), self.heads)
-        kv = self.to_kv(torch.cat([self.norm_media(x), lat], dim=1))
+        if media_kv is None:
+            assert x is not None
+            kv = self.to_kv(torch.cat([self.norm_media(x), lat], dim=1))
+        else:
+            lat_kv = self.to_kv(lat)
+            kv = torch.cat([media_kv.to(lat_kv.dtype), lat_kv], dim=1)
         k, v = kv.view(n, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         return self.to_out(merge_heads(attend(q, k, v, mask)))
 
@@ -109,8 +118,10 @@ class PerceiverLayer(nn.Module):
         self.attn = PerceiverAttention(dim, heads, dim_head)
         self.ff = PerceiverFeedForward(dim, ff_mult)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        latents = latents + self.attn(x, latents, mask)
+    def forward(
+        self, x: torch.Tensor | None, latents: torch.Tensor, mask: torch.Tensor | None, media_kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        latents = latents + self.attn(x, latents, mask, media_kv)
         return latents + self.ff(latents)
 
 
@@ -141,8 +152,9 @@ class PerceiverBridge(Bridge):
 
     @classmethod
     def tiny_config(cls, input_dim: int, output_dim: int) -> PerceiverConfig:
+        # dim = input_dim: no input projection, so frozen features take the fused media path
         return PerceiverConfig(
-            input_dim=input_dim, output_dim=output_dim, dim=32, depth=2, heads=2, dim_head=16, num_latents=4
+            input_dim=input_dim, output_dim=output_dim, dim=input_dim, depth=2, heads=2, dim_head=16, num_latents=4
         )
 
     def num_output_tokens(self, modality: str | None = None) -> int:
@@ -157,19 +169,32 @@ class PerceiverBridge(Bridge):
         x, valid = self._layout(features, mask, modality)
         b, m, f, t, _ = x.shape
         proj = self.in_projs[modality] if modality in self.in_projs else self.in_proj
-        x = proj(x)
-        if self.frame_embs is not None:
-            x = x + self.frame_embs[:f].to(x.dtype)[None, None, :, None, :]
-        x = x + self.media_time_embs[:m].to(x.dtype)[None, :, None, None, :]
-        x = x.reshape(b * m, f * t, -1)
         n, q = b * m, latents0.shape[0]
         attn_mask = None
         if mask is not None:
             flat = valid.reshape(n, f * t)
             attn_mask = torch.cat([flat, flat.new_ones(n, q)], dim=1)[:, None, None, :]
         latents = latents0[None].expand(n, -1, -1)
-        for layer in self.layers:
-            latents = layer(x, latents, attn_mask)
+        offsets = self.media_time_embs[:m, None, :]  # [M, 1, dim] -> [M, F, dim] with the frame embeddings
+        if self.frame_embs is not None:
+            offsets = offsets + self.frame_embs[None, :f]
+        offsets = offsets.expand(m, f, -1)
+        if isinstance(proj, nn.Identity) and not features.requires_grad:
+            # frozen media: normalise once for all layers, skip the media's input-gradient matmuls (see _frozen.py)
+            media = features.reshape(n, f * t, -1)
+            per_item = offsets[None].expand(b, m, f, -1).reshape(n, f, -1)
+            eps = self.layers[0].attn.norm_media.eps
+            kvs = offset_norm_projections(
+                media, per_item, eps,
+                [(la.attn.norm_media.weight, la.attn.norm_media.bias, la.attn.to_kv.weight) for la in self.layers],
+            )
+            for layer, kv in zip(self.layers, kvs):
+                latents = layer(None, latents, attn_mask, kv)
+        else:
+            x = proj(features) + offsets[None, :, :, None, :].to(features.dtype)
+            x = x.reshape(n, f * t, -1)
+            for layer in self.layers:
+                latents = layer(x, latents, attn_mask)
         out = self.out_proj(self.norm(latents)).reshape(b, m * q, -1)
         item_valid = valid.reshape(b, m, f * t).any(dim=-1)  # a media slot with no token gives masked latents
         return BridgeOutput(out, item_valid[:, :, None].expand(b, m, q).reshape(b, m * q))

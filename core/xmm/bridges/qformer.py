@@ -243,7 +243,7 @@ class QFormerBridge(Bridge):
         ln = self.encoder_norm
         if ln is not None and not features.requires_grad:
             # frozen encoder: skip the input-gradient matmuls that plain autograd would spend to reach ln_vision
-            xhat = normalize_frozen(features, ln.eps)
+            xhat = normalize_frozen(features, ln.eps, ln.weight.dtype)
             return [norm_linear(xhat, ln.weight, ln.bias, c.kv.weight, c.kv.bias) for c in crosses]
         enc = ln(features) if ln is not None else features
         return [c.kv(enc) for c in crosses]

@@ -59,7 +59,32 @@ def _gen_kwargs(max_new_tokens: int, sample: bool, temperature: float, top_p: fl
     return {"max_new_tokens": max_new_tokens, "do_sample": sample, "temperature": temperature, "top_p": top_p, "seed": seed}
 
 
-def interactive(model: Any, media: list[tuple[str, str]], gen: dict[str, Any], *, input_fn: Any = input) -> None:
+def report_outputs(result: Any, output_dir: Path) -> list[Path]:
+    """Save what the decoders produced for an answer (images, audio...) into ``output_dir`` and print each path;
+    outputs that are not files (device commands) are printed as they are."""
+    if result is None or not getattr(result, "outputs", None):
+        return []
+    from xmm.model.outputs import save_produced
+
+    paths = []
+    for item, path in save_produced(result.outputs, output_dir):
+        if path is None:
+            typer.echo(f"[{item.modality}] {item.value}")
+        else:
+            typer.echo(f"[{item.modality}] saved {path}")
+            paths.append(path)
+    return paths
+
+
+def _read_line() -> str:
+    # the prompt goes to stderr so that stdout carries only the answers (pipe-friendly)
+    sys.stderr.write("> ")
+    sys.stderr.flush()
+    return input()
+
+
+def interactive(model: Any, media: list[tuple[str, str]], gen: dict[str, Any], *, input_fn: Any = _read_line,
+                output_dir: Path | None = None) -> None:
     """The interactive loop: streams answers, keeps the history, ``/reset``, ``/exit``, ``/MODALITY PATH``."""
     from xmm.errors import XmmError
 
@@ -68,7 +93,7 @@ def interactive(model: Any, media: list[tuple[str, str]], gen: dict[str, Any], *
     pending = list(media)
     while True:
         try:
-            line = input_fn("> ").strip()
+            line = input_fn().strip()
         except (EOFError, KeyboardInterrupt):
             typer.echo("", err=True)
             return
@@ -90,7 +115,9 @@ def interactive(model: Any, media: list[tuple[str, str]], gen: dict[str, Any], *
             continue
         turn, literal = build_turn(model, line, pending)
         try:
-            answer = _echo_stream(model.stream([*history, turn], media=literal, **gen))
+            stream = model.stream([*history, turn], media=literal, **gen)
+            answer = _echo_stream(stream)
+            report_outputs(stream.result, output_dir or Path.cwd())
         except XmmError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             continue
@@ -115,6 +142,8 @@ def register(app: typer.Typer) -> None:
         top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
         seed: int | None = typer.Option(None, "--seed"),
         revision: str | None = typer.Option(None, "--revision", help="Hub revision of a checkpoint repo."),
+        output_dir: Path | None = typer.Option(None, "--output-dir", help="Where produced images/audio/video are saved "
+                                               "(default: the current directory)."),
     ) -> None:
         """Chat with a multimodal model: answer PROMPT once (streamed), or start an interactive chat."""
         from xmm.errors import ConfigError
@@ -133,13 +162,19 @@ def register(app: typer.Typer) -> None:
                 from xmm.errors import MediaError
 
                 raise MediaError("file not found", source=p, modality=name)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bars between the user and the answer
         model = load_model(target, revision=revision)
         unknown = sorted({n for n, _ in items} - set(model.specs))
         if unknown:
             raise ConfigError(f"the model has no modality {unknown}; it has {sorted(model.specs) or 'none'}", field="media")
         gen = _gen_kwargs(max_new_tokens, sample, temperature, top_p, seed)
+        out_dir = output_dir or Path.cwd()
         if prompt is None:
-            interactive(model, items, gen)
+            interactive(model, items, gen, output_dir=out_dir)
             return
         turn, literal = build_turn(model, prompt, items)
-        _echo_stream(model.stream([turn], media=literal, **gen))
+        stream = model.stream([turn], media=literal, **gen)
+        _echo_stream(stream)
+        report_outputs(stream.result, out_dir)

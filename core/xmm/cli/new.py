@@ -25,7 +25,7 @@ TEMPLATE = "xmm-plugin"
 RESERVED_NAMES = frozenset({"text"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _EXTENSION = re.compile(r"^\.[a-z0-9][a-z0-9_.+-]*$")
-_PLACEHOLDER = re.compile(r"^<[^<>\s]+>$")
+_PLACEHOLDER = re.compile(r"^<[\w.:|/-]+>$")
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,8 @@ def validate_answers(
     name = validate_modality_name(name)
     placeholder = placeholder or f"<{name}>"
     if not _PLACEHOLDER.match(placeholder):
-        raise ConfigError(f"{placeholder!r} must look like '<{name}>' (angle brackets, no spaces)", field="placeholder")
+        raise ConfigError(f"{placeholder!r} must look like '<{name}>': angle brackets around letters, digits and "
+                          "_ - . : | /", field="placeholder")
     from xmm.registry import get_registry
 
     reg = get_registry()
@@ -197,7 +198,7 @@ def register(app: typer.Typer) -> None:
     def modality(
         name: str = typer.Argument(..., help="Modality name: a lowercase Python identifier, e.g. 'thermal'."),
         output: Path = typer.Option(Path("."), "--output", "-o", help="Folder to create xmm-plugin-NAME in."),
-        placeholder: str = typer.Option(None, help="Placeholder token in prompts [default: <NAME>]."),
+        placeholder: str = typer.Option(None, help="Placeholder token in prompts (default: <NAME>)."),
         extensions: str = typer.Option(None, help="Input file types, comma-separated, e.g. '.npy,.csv'."),
         bridge: str = typer.Option(None, help="Default bridge type (a registered bridge, e.g. mlp)."),
         description: str = typer.Option(None, help="One-line description of the plugin."),

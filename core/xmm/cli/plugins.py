@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         cols = ("name", "version", "modalities", "bridges", "encoders", "decoders")
         table = [[r[c] if isinstance(r[c], str) else ", ".join(r[c]) or "-" for c in cols] for r in rows]
         widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
-        typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
+        typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
         for t, r in zip(table, rows):
             line = "  ".join(v.ljust(w) for v, w in zip(t, widths))
             if r.get("error"):

@@ -25,9 +25,8 @@ def register(app: typer.Typer) -> None:
         The token comes from HF_TOKEN or `hf auth login`; it is never printed or written.
         """
         from xmm import hub
-        from xmm.hub._hf import check_repo_id
 
-        check_repo_id(repo_id)  # before any work
+        hub.check_target(repo_id, revision=revision, create_pr=create_pr)  # before any work
         with tempfile.TemporaryDirectory(prefix="xmm-push-") as tmp:
             staging = out if out is not None else Path(tmp) / "upload"
             report = hub.prepare_checkpoint(checkpoint, staging, repo_id=repo_id)

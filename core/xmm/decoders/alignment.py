@@ -90,7 +90,10 @@ def text_targets(decoder: Any, captions: list[str]) -> torch.Tensor:
     if missing:
         if len(cache) + len(missing) > _CACHE_LIMIT:
             cache.clear()
-        fresh = decoder.text_condition(missing)
+        try:
+            fresh = decoder.text_condition(missing)
+        except NotImplementedError as e:
+            raise TrainingError(f"decoder_alignment: {e}; its output cannot be aligned (set mse_weight: 0)") from e
         for c, row in zip(missing, fresh):
             cache[c] = row.detach()
     return torch.stack([cache[c] for c in captions])

@@ -13,6 +13,7 @@ from xmm.hub.card import bridge_card, checkpoint_card
 from xmm.hub.download import resolve_bridge_dir, snapshot, snapshot_checkpoint
 from xmm.hub.upload import (
     PushSource,
+    check_target,
     frozen_tensors,
     prepare_bridge,
     prepare_checkpoint,
@@ -20,7 +21,6 @@ from xmm.hub.upload import (
     push_checkpoint,
     push_model,
     resolve_push_source,
-    stage_checkpoint,
     upload_folder,
 )
 
@@ -29,6 +29,7 @@ __all__ = [
     "PushSource",
     "audit_folder",
     "bridge_card",
+    "check_target",
     "checkpoint_card",
     "frozen_tensors",
     "prepare_bridge",
@@ -40,6 +41,5 @@ __all__ = [
     "resolve_push_source",
     "snapshot",
     "snapshot_checkpoint",
-    "stage_checkpoint",
     "upload_folder",
 ]

@@ -29,11 +29,12 @@ OPAQUE_WEIGHT_SUFFIXES = frozenset(
 )
 # tensor names that only a full (base) model has
 _FROZEN_NAME = re.compile(
-    r"(^|\.)(embed_tokens|lm_head|wte|wpe|word_embeddings|embed_in|embed_out)\.weight$|(^|\.)base_layer\."
+    r"(^|\.)(embed_tokens|lm_head|wte|wpe|word_embeddings|embed_in|embed_out)"
+    r"(\.base|\.base_layer|\.original_module|\.modules_to_save\.default)?\.weight$|(^|\.)base_layer\."
 )
 _LORA_KEY = re.compile(r"(^|\.)lora_")
-# tensors smaller than this cannot hold a meaningful share of a base model; skipping them keeps the value check cheap
-_MIN_COMPARED_NUMEL = 4096
+# tiny tensors are skipped: they hold nothing worth protecting and would only make the value check slower
+_MIN_COMPARED_NUMEL = 64
 
 
 @dataclass(frozen=True)

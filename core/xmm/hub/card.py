@@ -15,8 +15,9 @@ from typing import Any
 from xmm.hub._hf import is_repo_id
 
 LIBRARY = "xmm"
-_QUERY_FIELDS = ("num_query_tokens", "num_queries", "num_latents", "num_tokens")
-# bridges that map every encoder token (Q = T) or whose Q depends on the input (CIF)
+# config fields that fix Q, the embeddings per item (a list gives stages, the last one is Q)
+_QUERY_FIELDS = ("num_queries", "num_latents", "num_group_tokens", "num_query_tokens")
+# bridges that project every encoder token (Q = T, or T / k^2 after pooling / pixel shuffle)
 _PER_TOKEN = {"linear", "mlp"}
 
 
@@ -58,12 +59,15 @@ def _bridge_config(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
 def _tokens_per_item(bridge_type: str, config: dict[str, Any], modality: str) -> str:
     for key in _QUERY_FIELDS:
         value = config.get(key)
-        if isinstance(value, dict):  # a shared bridge with a query set per modality
+        if isinstance(value, dict):  # one query set per modality
             value = value.get(modality)
+        if isinstance(value, list) and value:
+            value = value[-1]
         if isinstance(value, int):
             return str(value)
     if bridge_type in _PER_TOKEN:
-        return "one per encoder token"
+        k = config.get("pool") or config.get("pixel_shuffle")
+        return f"encoder tokens / {k * k}" if k else "one per encoder token"
     return "input-dependent"
 
 
@@ -96,7 +100,9 @@ def _stage_rows(plan: Any) -> list[list[Any]]:
             objectives = list(objectives)
         elif isinstance(objectives, list):
             objectives = [o.get("name", o) if isinstance(o, dict) else o for o in objectives]
-        steps = stage.get("steps", stage.get("max_steps"))
+        steps = stage.get("max_steps") or stage.get("steps")
+        if steps is None and stage.get("epochs"):
+            steps = f"{stage['epochs']} epochs"
         rows.append([
             stage.get("name", i),
             ", ".join(map(str, trainable)) if isinstance(trainable, list) else trainable,
@@ -131,94 +137,108 @@ def checkpoint_card(folder: str | os.PathLike[str], manifest: dict[str, Any], *,
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
-    llm = manifest.get("llm", {})
     modalities: dict[str, Any] = manifest.get("modalities", {})
-    bridges: dict[str, Any] = manifest.get("bridges", {})
-    bridge_types = sorted({str(b.get("type")) for b in bridges.values() if b.get("type")})
+    bridge_types = sorted({str(b["type"]) for b in manifest.get("bridges", {}).values() if b.get("type")})
     tags = [LIBRARY, "multimodal", *sorted(modalities), *(f"bridge-{t}" for t in bridge_types)]
     if manifest.get("lora"):
         tags.append("lora")
-    llm_id = llm.get("id")
-    data = ModelCardData(
-        library_name=LIBRARY,
-        base_model=llm_id if isinstance(llm_id, str) and is_repo_id(llm_id) and not Path(llm_id).exists() else None,
-        tags=tags,
-    )
-    title = repo_id or folder.name
-    plugins = sorted({_requirement(p) for m in modalities.values() for p in (m.get("plugin"), (m.get("encoder") or {}).get("plugin"))}
-                     - {None})
-    out = [
-        f"# {title}",
+    llm_id = manifest.get("llm", {}).get("id")
+    # base_model must name a Hub repo; a local LLM folder is described in the body only
+    base_model = llm_id if isinstance(llm_id, str) and is_repo_id(llm_id) and not Path(llm_id).exists() else None
+    data = ModelCardData(library_name=LIBRARY, base_model=base_model, tags=tags)
+    names = ", ".join(sorted(modalities)) or "no"
+    body = [
+        f"# {repo_id or folder.name}",
         "",
-        f"Trained parts of an [xmm](https://pypi.org/project/xmm-core/) multimodal model: {', '.join(sorted(modalities)) or 'no'} "
-        f"input{'s' if len(modalities) != 1 else ''} bridged into a frozen LLM. This repo holds only what was trained "
-        "(bridges, LoRA adapter, new token rows, projectors); the frozen LLM and encoders are loaded from their own "
-        "sources and checked against the revisions pinned below.",
+        f"Trained parts of an xmm multimodal model: {names} input{'s' if len(modalities) != 1 else ''} bridged into a "
+        "frozen LLM. This repo holds only what was trained (bridges, LoRA adapter, new token rows, projectors); the "
+        "frozen LLM and encoders are loaded from their own sources and checked against the revisions pinned below.",
         "",
-        "## Base LLM",
-        "",
-        _table(["id", "revision", "embedding fingerprint", "hidden size"],
-               [[llm_id, llm.get("revision"), llm.get("embedding_fingerprint"), llm.get("hidden_size")]]),
-        "",
-        "## Modalities",
-        "",
+        *_llm_section(manifest),
+        *_modality_sections(folder, manifest),
+        *_trained_section(folder, manifest),
+        *_outputs_section(manifest),
+        *_plan_section(folder),
+        *_eval_section(folder),
+        *_load_section(manifest, repo_id),
     ]
-    rows = []
-    enc_rows = []
-    for name, m in sorted(modalities.items()):
-        enc = m.get("encoder", {}) or {}
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
+
+
+def _llm_section(manifest: dict[str, Any]) -> list[str]:
+    llm = manifest.get("llm", {})
+    row = [llm.get("id"), llm.get("revision"), llm.get("embedding_fingerprint"), llm.get("hidden_size")]
+    return ["## Base LLM", "", _table(["id", "revision", "embedding fingerprint", "hidden size"], [row]), ""]
+
+
+def _modality_sections(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    bridges: dict[str, Any] = manifest.get("bridges", {})
+    rows, enc_rows = [], []
+    for name, m in sorted(manifest.get("modalities", {}).items()):
+        enc = m.get("encoder") or {}
         bname = m.get("bridge")
         bentry = bridges.get(bname, {}) if isinstance(bname, str) else {}
         btype = bentry.get("type", "-")
         shared = f" (shared '{bname}')" if len(bentry.get("modalities", [])) > 1 else ""
-        rows.append([name, f"`{m.get('placeholder')}`", enc.get("name") or enc.get("id"), f"{btype}{shared}",
-                     _tokens_per_item(btype, _bridge_config(folder, bentry), name)])
-        enc_rows.append([name, enc.get("id"), enc.get("revision"), "trained (in this repo)" if enc.get("trainable") else "frozen",
-                         _plugin_text(enc.get("plugin") or m.get("plugin"))])
-    out += [_table(["modality", "placeholder", "encoder", "bridge", "tokens per item (Q)"], rows), "",
+        q = _tokens_per_item(btype, _bridge_config(folder, bentry), name)
+        rows.append([name, f"`{m.get('placeholder')}`", enc.get("name") or enc.get("id"), f"{btype}{shared}", q])
+        weights = "trained (in this repo)" if enc.get("trainable") else "frozen"
+        enc_rows.append([name, enc.get("id"), enc.get("revision"), weights, _plugin_text(enc.get("plugin") or m.get("plugin"))])
+    return ["## Modalities", "", _table(["modality", "placeholder", "encoder", "bridge", "tokens per item (Q)"], rows), "",
             "## Encoders", "", _table(["modality", "encoder id", "revision", "weights", "plugin"], enc_rows), ""]
-    trained = [["bridges/" + n, b.get("type"), ", ".join(b.get("modalities", [])), count_parameters(folder / b.get("path", f"bridges/{n}"))]
-               for n, b in sorted(bridges.items())]
-    if manifest.get("lora"):
-        lora = manifest["lora"]
-        trained.append(["lora", f"LoRA r={lora.get('r')} alpha={lora.get('alpha')}", ", ".join(lora.get("target_modules", [])),
-                        count_parameters(folder / "lora")])
+
+
+def _trained_section(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, b in sorted(manifest.get("bridges", {}).items()):
+        path = b.get("path", f"bridges/{name}")
+        rows.append([path, b.get("type"), ", ".join(b.get("modalities", [])), count_parameters(folder / path)])
+    lora = manifest.get("lora")
+    if lora:
+        kind = f"LoRA r={lora.get('r')} alpha={lora.get('alpha')}"
+        rows.append(["lora", kind, ", ".join(lora.get("target_modules", [])), count_parameters(folder / "lora")])
     tokens = manifest.get("tokens", [])
     if tokens:
         texts = ", ".join(f"`{t['text']}`" + (" (trained)" if t.get("trainable") else "") for t in tokens)
-        trained.append(["new_tokens.safetensors", "new token rows", texts, count_parameters(folder / "new_tokens.safetensors")])
-    for n, p in sorted(manifest.get("projectors", {}).items()):
-        trained.append([p.get("path", f"projectors/{n}"), p.get("type"), n, count_parameters(folder / p.get("path", f"projectors/{n}"))])
-    out += ["## Trained parts", "", _table(["path", "kind", "used by", "parameters"], trained), ""]
-    decoders = manifest.get("decoders", {})
-    if decoders:
-        out += ["## Outputs", "", _table(["modality", "decoder", "signal tokens"],
-                                         [[n, d.get("name") or d.get("decoder_id"), ", ".join(d.get("signal_tokens", []))]
-                                          for n, d in sorted(decoders.items())]), ""]
-    out += _plan_section(folder) + _eval_section(folder)
-    load_id = repo_id or "path/to/checkpoint"
-    first = next(iter(sorted(modalities)), None)
-    example = (f'{{"type": "{first}", "path": "example"}}, ' if first else "")
-    out += [
+        rows.append(["new_tokens.safetensors", "new token rows", texts, count_parameters(folder / "new_tokens.safetensors")])
+    for name, p in sorted(manifest.get("projectors", {}).items()):
+        path = p.get("path", f"projectors/{name}")
+        rows.append([path, p.get("type"), name, count_parameters(folder / path)])
+    return ["## Trained parts", "", _table(["path", "kind", "used by", "parameters"], rows), ""]
+
+
+def _outputs_section(manifest: dict[str, Any]) -> list[str]:
+    decoders = manifest.get("decoders") or {}
+    if not decoders:
+        return []
+    rows = [[n, d.get("decoder_id") or d.get("name"), d.get("decoder_revision"), ", ".join(d.get("signal_tokens", []))]
+            for n, d in sorted(decoders.items())]
+    return ["## Outputs", "", _table(["modality", "decoder", "revision", "signal tokens"], rows), ""]
+
+
+def _load_section(manifest: dict[str, Any], repo_id: str | None) -> list[str]:
+    modalities: dict[str, Any] = manifest.get("modalities", {})
+    plugins = {_requirement(p) for m in modalities.values() for p in (m.get("plugin"), (m.get("encoder") or {}).get("plugin"))}
+    first = min(modalities, default=None)
+    media = f'{{"type": "{first}", "path": "example"}}, ' if first else ""
+    return [
         "## How to load",
         "",
         "```bash",
-        " ".join(["pip install xmm-core", *plugins]),
+        " ".join(["pip install xmm-core", *sorted(p for p in plugins if p)]),
         "```",
         "",
         "```python",
         "from xmm import MultimodalLM",
         "",
-        f'model = MultimodalLM.from_pretrained("{load_id}")',
-        f'print(model.chat([{{"role": "user", "content": [{example}{{"type": "text", "text": "Describe it."}}]}}]))',
+        f'model = MultimodalLM.from_pretrained("{repo_id or "path/to/checkpoint"}")',
+        f'print(model.chat([{{"role": "user", "content": [{media}{{"type": "text", "text": "Describe it."}}]}}]))',
         "```",
         "",
         "Once downloaded, the repo loads offline from the Hugging Face cache (`HF_HUB_OFFLINE=1`). Loading refuses an "
         "LLM whose embedding fingerprint, or an encoder whose id/revision, differs from the ones above.",
         "",
     ]
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(out))
-    return str(card)
 
 
 def _plan_section(folder: Path) -> list[str]:

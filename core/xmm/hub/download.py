@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from xmm.bridges.base import CONFIG_NAME as BRIDGE_CONFIG_NAME
 from xmm.errors import CheckpointError
 from xmm.hub._hf import REPO_TYPE, check_repo_id, is_repo_id, offline, require_hub, translate_download_error
-
-MANIFEST_NAME = "xmm.json"
-BRIDGE_CONFIG_NAME = "config.json"
+from xmm.model.checkpoint import MANIFEST as MANIFEST_NAME
 
 
 def snapshot(
@@ -31,7 +30,7 @@ def snapshot(
     hub = require_hub()
     from xmm import __version__
 
-    only_local = offline() if local_files_only is None else (local_files_only or offline())
+    only_local = bool(local_files_only) or offline()
     try:
         path = hub.snapshot_download(
             repo_id,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from xmm.errors import CheckpointError
+from xmm.errors import CheckpointError, ConfigError
 from xmm.hub._hf import REPO_TYPE, check_repo_id, make_api, offline, translate_upload_error
 from xmm.hub.audit import AuditReport, audit_folder
 from xmm.hub.card import bridge_card, checkpoint_card
@@ -47,38 +47,46 @@ class PushSource:
 
 
 def resolve_push_source(path: str | os.PathLike[str]) -> PushSource:
-    """Accept a checkpoint folder, a trainer checkpoint (``.../stage-1-align`` with ``model/``) or a run folder
-    (``checkpoints/latest``); the trainer's optimiser/scheduler/RNG files are never part of the result."""
+    """Find the checkpoint to upload under ``path``: a checkpoint folder (``xmm.json``), a training checkpoint
+    (``.../checkpoints/stage-1-align`` with ``model/``) or a run folder (its final ``model/``, else the checkpoint
+    ``checkpoints/latest`` names). The trainer's optimiser/scheduler/RNG files are never part of the result."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
-    candidates = [path]
-    latest = path / "checkpoints" / "latest"
-    if latest.is_file():  # a run folder: its latest checkpoint
-        name = latest.read_text().strip()
-        candidates.append(path / "checkpoints" / name)
-    for folder in candidates:
-        if (folder / MANIFEST_NAME).is_file():
-            model_dir = folder
-        elif (folder / "model" / MANIFEST_NAME).is_file():
-            model_dir = folder / "model"
-        else:
-            continue
-        # nearest first: the checkpoint itself, its training checkpoint, the run folder (<run>/checkpoints/<name>)
-        places = [model_dir, model_dir.parent]
-        if model_dir.parent.parent.name == "checkpoints":
-            places.append(model_dir.parent.parent.parent)
-        extras = {}
-        for name in EXTRA_FILES:
-            for where in places:
-                if (where / name).is_file():
-                    extras[name] = where / name
-                    break
-        return PushSource(model_dir, extras)
+    for folder in (path, _latest(path)):
+        for model_dir in (folder, folder / "model") if folder is not None else ():
+            if (model_dir / MANIFEST_NAME).is_file():
+                return PushSource(model_dir, _extras(model_dir))
     raise CheckpointError(
         f"{path}: not an xmm checkpoint (no {MANIFEST_NAME}, model/{MANIFEST_NAME} or checkpoints/latest); pass the "
-        "folder MultimodalLM.save_pretrained wrote or a training checkpoint"
+        "folder MultimodalLM.save_pretrained wrote, a training checkpoint or a run folder"
     )
+
+
+def _latest(run: Path) -> Path | None:
+    """The checkpoint ``run/checkpoints/latest`` names (a one-line file), if any."""
+    latest = run / "checkpoints" / "latest"
+    if not latest.is_file():
+        return None
+    folder = run / "checkpoints" / latest.read_text().strip()
+    return folder if folder.is_dir() else None
+
+
+def _extras(model_dir: Path) -> dict[str, Path]:
+    """``plan.yaml`` / ``eval.json`` nearest to the checkpoint: in it, in its training checkpoint, in the run folder,
+    or (for a run's final model) in the run's latest checkpoint, which holds the last stage's evaluation."""
+    places = [model_dir, model_dir.parent]
+    if model_dir.parent.parent.name == "checkpoints":
+        places.append(model_dir.parent.parent.parent)
+    latest = _latest(model_dir.parent)
+    if latest is not None:
+        places.append(latest / "model")
+    extras = {}
+    for name in EXTRA_FILES:
+        found = next((where / name for where in places if (where / name).is_file()), None)
+        if found is not None:
+            extras[name] = found
+    return extras
 
 
 def _ignored(rel: Path) -> bool:
@@ -86,28 +94,19 @@ def _ignored(rel: Path) -> bool:
     return any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or rel.suffix == ".tmp"
 
 
-def stage_checkpoint(source: str | os.PathLike[str] | PushSource, staging: str | os.PathLike[str], *,
-                     repo_id: str | None = None) -> Path:
-    """Copy the checkpoint into the empty folder ``staging`` and write its model card; returns ``staging``."""
-    src = source if isinstance(source, PushSource) else resolve_push_source(source)
-    staging = Path(staging)
+def _copy_checkpoint(src: PushSource, staging: Path) -> None:
     if staging.exists() and any(staging.iterdir()):
         raise CheckpointError(f"{staging}: the staging folder must be empty")
     staging.mkdir(parents=True, exist_ok=True)
     for file in sorted(src.model_dir.rglob("*")):
         rel = file.relative_to(src.model_dir)
         if _ignored(rel) or not file.is_file() or rel.as_posix() == CARD_NAME:
-            continue  # the card is generated below
+            continue  # the card is generated
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, staging / rel)  # copies content: a symlink in the checkpoint becomes a plain file
     for name, path in src.extras.items():
         if not (staging / name).exists():
             shutil.copyfile(path, staging / name)
-    from xmm.model.checkpoint import read_manifest
-
-    manifest = read_manifest(staging)
-    atomic_write_text(staging / CARD_NAME, checkpoint_card(staging, manifest, repo_id=repo_id))
-    return staging
 
 
 def _embedding_shape(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -127,6 +126,14 @@ def frozen_tensors(model: Any) -> list[torch.Tensor]:
     for dec in getattr(model, "decoders", {}).values():
         out += list(dec.state_dict().values())
     return out
+
+
+def check_target(repo_id: str, *, revision: str | None = None, create_pr: bool = False) -> None:
+    """Refuse a bad repo id, or a branch together with a pull request, before any work is done."""
+    check_repo_id(repo_id)
+    if create_pr and revision not in (None, "main"):
+        raise ConfigError("a pull request always targets the main branch; pass either revision or create_pr",
+                          field="revision")
 
 
 @contextmanager
@@ -152,6 +159,7 @@ def upload_folder(
     """Create the repo (and branch ``revision``) if needed and upload ``folder`` as one commit; returns its url."""
     if offline():
         raise CheckpointError(f"cannot upload to '{repo_id}': HF_HUB_OFFLINE is set; unset it to push")
+    check_target(repo_id, revision=revision, create_pr=create_pr)
     api = api or make_api(token)
     try:
         api.create_repo(repo_id=repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
@@ -176,15 +184,27 @@ def upload_folder(
 
 def prepare_checkpoint(checkpoint: str | os.PathLike[str] | PushSource, staging: str | os.PathLike[str], *,
                        repo_id: str | None = None, model: Any = None) -> AuditReport:
-    """Stage ``checkpoint`` into the empty folder ``staging`` with its card and audit it (no network).
+    """Copy the checkpoint into the empty folder ``staging``, audit it and write its model card (no network).
 
-    ``model``: the live :class:`~xmm.model.MultimodalLM`, when there is one, lets the audit compare every staged
-    tensor with the frozen ones by value; without it, names and the LLM embedding shape from the manifest are checked.
+    ``checkpoint``: see :func:`resolve_push_source`. ``model``: the live :class:`~xmm.model.MultimodalLM`, when
+    there is one, lets the audit compare every staged tensor with the frozen ones by value; without it, names and
+    the LLM embedding shape from the manifest are checked.
     """
-    staging = stage_checkpoint(checkpoint, staging, repo_id=repo_id)
-    manifest = json.loads((staging / MANIFEST_NAME).read_text())
+    from xmm.model.checkpoint import read_manifest
+
+    src = checkpoint if isinstance(checkpoint, PushSource) else resolve_push_source(checkpoint)
+    staging = Path(staging)
+    _copy_checkpoint(src, staging)
+    manifest = read_manifest(staging)
     frozen = frozen_tensors(model) if model is not None else None
-    return audit_folder(staging, frozen=frozen, embedding_shape=_embedding_shape(manifest))
+    report = audit_folder(staging, frozen=frozen, embedding_shape=_embedding_shape(manifest))
+    return _with_card(report, staging, checkpoint_card(staging, manifest, repo_id=repo_id))
+
+
+def _with_card(report: AuditReport, staging: Path, card: str) -> AuditReport:
+    atomic_write_text(staging / CARD_NAME, card)
+    files = tuple(sorted({*report.files, CARD_NAME}))
+    return AuditReport(files, report.n_tensors, report.total_bytes + (staging / CARD_NAME).stat().st_size)
 
 
 def push_checkpoint(
@@ -208,7 +228,7 @@ def push_checkpoint(
     staged folder there (it must be empty). The token (argument, ``HF_TOKEN`` or the stored login) goes to
     ``huggingface_hub`` only.
     """
-    check_repo_id(repo_id)
+    check_target(repo_id, revision=revision, create_pr=create_pr)
     with _staging_dir(staging_dir) as staging:
         prepare_checkpoint(checkpoint, staging, repo_id=repo_id, model=model)
         return upload_folder(staging, repo_id, private=private, revision=revision, token=token,
@@ -224,14 +244,14 @@ def push_model(model: Any, repo_id: str, **kwargs: Any) -> str:
 
 
 def prepare_bridge(bridge: Bridge, staging: str | os.PathLike[str], *, repo_id: str | None = None) -> AuditReport:
-    """Save ``bridge`` into the empty folder ``staging`` with its card and audit it (no network)."""
+    """Save ``bridge`` into the empty folder ``staging``, audit it and write its card (no network)."""
     staging = Path(staging)
     if staging.exists() and any(staging.iterdir()):
         raise CheckpointError(f"{staging}: the staging folder must be empty")
     bridge.save_pretrained(staging)
+    report = audit_folder(staging)
     config = json.loads((staging / "config.json").read_text())
-    atomic_write_text(staging / CARD_NAME, bridge_card(staging, config, repo_id=repo_id))
-    return audit_folder(staging)
+    return _with_card(report, staging, bridge_card(staging, config, repo_id=repo_id))
 
 
 def push_bridge(
@@ -247,7 +267,7 @@ def push_bridge(
     api: Any = None,
 ) -> str:
     """Upload one bridge (``config.json`` + ``model.safetensors`` + card) to ``repo_id``; returns the commit url."""
-    check_repo_id(repo_id)
+    check_target(repo_id, revision=revision, create_pr=create_pr)
     with _staging_dir(staging_dir) as staging:
         prepare_bridge(bridge, staging, repo_id=repo_id)
         message = commit_message or f"Upload xmm {bridge.config.type} bridge"

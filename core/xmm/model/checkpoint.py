@@ -91,6 +91,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def build_manifest(model: MultimodalLM) -> dict[str, Any]:
     from xmm import __version__
+    from xmm.model.outputs import outputs_manifest
 
     llm_cfg = model.llm.config
     bridges: dict[str, Any] = {}
@@ -136,7 +137,7 @@ def build_manifest(model: MultimodalLM) -> dict[str, Any]:
         "lora": model.lora_settings.model_dump() if model.lora_settings is not None else None,
         "projectors": {n: {"type": getattr(getattr(p, "config", None), "type", type(p).__name__), "path": f"projectors/{n}"}
                        for n, p in model.projectors.items()},
-        "decoders": dict(model.decoder_specs),
+        "decoders": outputs_manifest(model),
         "config": model.config.model_dump(mode="json"),
     }
 
@@ -162,8 +163,9 @@ def save_checkpoint(model: MultimodalLM, directory: str | os.PathLike[str]) -> P
             _save_tensors(tmp / NEW_TOKENS, model.new_tokens.state_for_save())
         if model.lora_settings is not None:
             (tmp / LORA_DIR).mkdir()
-            _save_tensors(tmp / LORA_DIR / LORA_WEIGHTS, model.lora_parameters())
-            _write_json(tmp / LORA_DIR / LORA_CONFIG, {"peft_type": "LORA", **model.lora_settings.model_dump()})
+            # peft's own adapter format (adapter_config.json + adapter_model.safetensors): peft can load it too
+            _save_tensors(tmp / LORA_DIR / LORA_WEIGHTS, model.lora_state_dict())
+            model.peft_config().save_pretrained(str(tmp / LORA_DIR))
         for name, proj in model.projectors.items():
             if not hasattr(proj, "save_pretrained"):
                 raise CheckpointError(f"projector '{name}' ({type(proj).__name__}) has no save_pretrained()")
@@ -211,13 +213,11 @@ def check_plugins(manifest: dict[str, Any], reg: Any, source: Any) -> None:
                 f"{source}: the checkpoint needs modality '{m}', which is not registered; {_install_hint(entry.get('plugin'))}"
             ) from e
         enc = entry.get("encoder", {})
-        try:
-            reg._get("encoders", enc.get("name") or "")
-        except RegistryError as e:
+        if enc.get("name") not in reg.encoders:
             raise IncompatibleCheckpointError(
                 f"{source}: the checkpoint needs encoder '{enc.get('name')}' for modality '{m}', which is not registered; "
                 f"{_install_hint(enc.get('plugin'))}"
-            ) from e
+            )
     for name, entry in manifest.get("bridges", {}).items():
         try:
             reg.bridge_class(entry["type"])
@@ -240,7 +240,7 @@ def _resolve_dir(path_or_repo: str | os.PathLike[str], revision: str | None) -> 
 
 
 def load_checkpoint(cls: type[MultimodalLM], path_or_repo: str | os.PathLike[str], *, llm: Any = None,
-                    revision: str | None = None, registry: Any = None) -> MultimodalLM:
+                    revision: str | None = None, registry: Any = None, decoders: Any = None) -> MultimodalLM:
     """Rebuild a model from a checkpoint folder or Hub repo id (see :meth:`MultimodalLM.from_pretrained`)."""
     from safetensors.torch import load_file
 
@@ -268,7 +268,8 @@ def load_checkpoint(cls: type[MultimodalLM], path_or_repo: str | os.PathLike[str
             f"{info.get('revision')}, fingerprint {found}). Load it with the LLM it was trained on."
         )
     # build without LoRA: the adapter is injected and loaded below with the saved settings
-    model = cls.from_config(cfg.model_copy(update={"lora": None, "signal_tokens": []}), llm=llm, registry=reg)
+    model = cls.from_config(cfg.model_copy(update={"lora": None, "signal_tokens": []}), llm=llm, registry=reg,
+                            decoders=decoders)
     for m, entry in manifest["modalities"].items():
         enc, e = model.encoders[m], entry["encoder"]
         if (enc.id, str(enc.revision)) != (e["id"], str(e["revision"])):
@@ -309,31 +310,14 @@ def load_checkpoint(cls: type[MultimodalLM], path_or_repo: str | os.PathLike[str
     if manifest.get("lora"):
         model.add_lora(manifest["lora"])
         wpath = directory / LORA_DIR / LORA_WEIGHTS
-        state = _load(load_file, wpath)
-        own = model.lora_parameters()
-        if set(state) != set(own):
-            raise CheckpointError(f"{wpath}: LoRA weights do not match the model: missing {sorted(set(own) - set(state))[:3]}, "
-                                  f"unexpected {sorted(set(state) - set(own))[:3]}")
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
-    for name, entry in manifest.get("projectors", {}).items():
-        try:
-            pcls = reg.projector_class(entry["type"])
-        except RegistryError as e:
-            raise IncompatibleCheckpointError(f"{directory}: projector '{name}' has type '{entry['type']}', which is not "
-                                              "registered (see `xmm plugins`)") from e
-        model.projectors[name] = pcls.from_pretrained(directory / entry["path"]).to(model.device)
-    for name, spec in manifest.get("decoders", {}).items():
-        try:
-            model.decoders[name] = reg.create_decoder(spec["name"], **spec.get("config", {}))
-        except RegistryError as e:
-            raise IncompatibleCheckpointError(f"{directory}: decoder '{name}' ('{spec.get('name')}') is not registered; "
-                                              f"{_install_hint(spec.get('plugin'))}") from e
-        model.decoder_specs[name] = dict(spec)
+        model.load_lora_state_dict(_load(load_file, wpath), source=str(wpath))
+    # outputs: from_config rebuilt the decoders, projectors and signal tokens from cfg.outputs; load the projectors
+    from xmm.model.outputs import load_projectors
+
+    load_projectors(model, directory)
     model.config = cfg
     model.checkpoint_dir = directory
-    return model
+    return model.eval()  # modules loaded above start in train mode (dropout on)
 
 
 def _load(load_file: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -55,7 +55,6 @@ class MultimodalConfig(_Strict):
     """
 
     llm: str | None = "smollm2"
-    llm_revision: str | None = None
     modalities: dict[str, ModalityConfig] = Field(default_factory=dict)
     shared_bridges: dict[str, dict[str, Any]] = Field(default_factory=dict)
     lora: LoraSettings | None = None

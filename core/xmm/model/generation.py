@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 @dataclass
 class GenerationResult:
     """``texts[i]`` / ``token_ids[i]``: the answer of conversation i (ids up to and including the end-of-turn
-    token). ``text`` is the first answer. ``outputs`` holds decoder outputs by modality when signal tokens appear;
+    token). ``text`` is the first answer. ``outputs`` holds what the decoders produced for the first answer, by
+    modality (a list of :class:`~xmm.model.outputs.ProducedOutput`, each with ``.value`` and ``.save(stem)``), when
+    signal tokens appear (or a text decoder recognised the answer); ``all_outputs[i]`` the same for answer i.
     ``raw`` is what ``llm.generate`` returned (e.g. hidden states when asked for)."""
 
     texts: list[str]
@@ -31,6 +33,7 @@ class GenerationResult:
     prompt_lengths: list[int]
     outputs: dict[str, Any] = field(default_factory=dict)
     raw: Any = None
+    all_outputs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -149,17 +152,23 @@ def generate_batch(
     """Generate from a batch collated by :func:`prepare` (left padding, generation prompt)."""
     if streamer is not None and len(batch) != 1:
         raise PromptError("streaming works with one conversation at a time")
+    run_decoders = bool(generate_kwargs.pop("run_decoders", True))  # False: text only, even with signal tokens
     gc = _generation_config(model, max_new_tokens, do_sample, temperature, top_p, top_k, generate_kwargs)
     if seed is not None:
         torch.manual_seed(seed)
-    with torch.no_grad(), model.autocast():
-        spliced, _, _ = model.embed(batch)
-        prompt_len = spliced.inputs_embeds.shape[1]
-        if prompt_len + max_new_tokens > model.max_length:
-            raise ContextLengthError(f"the prompt takes {prompt_len} positions with its media; with max_new_tokens="
-                                     f"{max_new_tokens} it exceeds the context of {model.max_length}")
-        raw = model.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                 generation_config=gc, streamer=streamer)
+    was_training = model.training
+    model.eval()  # no dropout while generating, even when called in the middle of training
+    try:
+        with torch.no_grad(), model.autocast():
+            spliced, _, _ = model.embed(batch)
+            prompt_len = spliced.inputs_embeds.shape[1]
+            if prompt_len + max_new_tokens > model.max_length:
+                raise ContextLengthError(f"the prompt takes {prompt_len} positions with its media; with max_new_tokens="
+                                         f"{max_new_tokens} it exceeds the context of {model.max_length}")
+            raw = model.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                     generation_config=gc, streamer=streamer)
+    finally:
+        model.train(was_training)
     sequences = raw.sequences if hasattr(raw, "sequences") else raw
     eos = _eos_ids(gc)
     token_ids: list[list[int]] = []
@@ -168,8 +177,14 @@ def generate_batch(
         token_ids.append(row[:cut])
     texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
     lengths = spliced.attention_mask.sum(-1).tolist()
+    produced: list[dict[str, Any]] = []
+    if run_decoders and len(getattr(model, "decoders", {})):
+        from xmm.model.outputs import decode_generated  # the output side: signal tokens -> projector -> decoder
+
+        produced = decode_generated(model, spliced, token_ids, texts)
     return GenerationResult(texts=texts, token_ids=token_ids, prompt_lengths=[int(n) for n in lengths],
-                            raw=raw if hasattr(raw, "sequences") else None)
+                            raw=raw if hasattr(raw, "sequences") else None,
+                            outputs=produced[0] if produced else {}, all_outputs=produced)
 
 
 class TextStream:

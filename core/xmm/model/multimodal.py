@@ -131,9 +131,10 @@ class MultimodalLM(nn.Module):
         """Build a model with fresh (untrained) bridges.
 
         ``config``: a :class:`MultimodalConfig`, a dict or a YAML path. ``llm``: optional preloaded
-        ``(model, tokenizer, info)`` from :func:`xmm.llm.load_llm` (it is modified in place: new tokens are added),
-        else ``config.llm`` is loaded. ``decoders``: ready decoder objects for ``config.outputs`` by modality (e.g. a
-        ``DiffusersDecoder`` around a pipeline already in memory) instead of building them from the registry.
+        ``(model, tokenizer, info)`` from :func:`xmm.llm.load_llm` (it is modified in place: new tokens are added)
+        or a name/path to load instead of ``config.llm``. ``decoders``: ready decoder objects for ``config.outputs``
+        by modality (e.g. a ``DiffusersDecoder`` around a pipeline already in memory) instead of building them from
+        the registry.
         """
         from xmm.llm import load_llm
         from xmm.registry import get_registry
@@ -156,6 +157,8 @@ class MultimodalLM(nn.Module):
                 enc = reg.create_encoder(enc_name, **enc_cfg)
             except RegistryError as e:
                 raise ConfigError(str(e), field=f"modalities.{name}.encoder") from e
+            except TypeError as e:  # an option the encoder factory does not take
+                raise ConfigError(f"encoder '{enc_name}': {e}", field=f"modalities.{name}.encoder_config") from e
             if not enc.trainable:
                 enc.freeze()  # frozen encoders never get gradients, whatever the plugin left on
             specs[name], encoders[name] = spec, enc.to(device)
@@ -165,11 +168,14 @@ class MultimodalLM(nn.Module):
                 "encoder_name": enc_name,
                 "encoder_config": enc_cfg,
             }
-        if llm is None:
+        if llm is None or isinstance(llm, (str, os.PathLike)):
+            if llm is not None:
+                cfg = cfg.model_copy(update={"llm": str(llm)})  # the manifest must name the LLM really used
             dtype = getattr(torch, cfg.dtype)
-            model, tok, info = load_llm(cfg.llm, dtype=dtype, device=str(device))
+            model, tok, info = load_llm(str(llm) if llm is not None else cfg.llm, dtype=dtype, device=str(device))
         else:
             model, tok, info = llm
+            _adopt_llm(model)
             model.to(device)
         hidden = int(model.get_input_embeddings().weight.shape[1])
         bridges, bridge_names = _build_bridges(cfg, specs, encoders, hidden, reg)
@@ -178,28 +184,33 @@ class MultimodalLM(nn.Module):
         placeholders = [s.placeholder for s in specs.values()]
         if placeholders:
             self.add_tokens(placeholders, trainable=False)
-        if cfg.signal_tokens:
-            self.add_tokens(cfg.signal_tokens, trainable=True)
         if cfg.outputs:
-            from xmm.model.outputs import attach_outputs  # the output side: signal tokens, projectors, decoders
+            # the output side (signal tokens, projectors, decoders); its tokens come before cfg.signal_tokens so that
+            # a checkpoint rebuilt without cfg.signal_tokens has the saved token order as a prefix
+            from xmm.model.outputs import attach_outputs
 
             attach_outputs(self, cfg.outputs, decoders=decoders, registry=reg)
+        if cfg.signal_tokens:
+            self.add_tokens(cfg.signal_tokens, trainable=True)
         if cfg.lora is not None:
             self.add_lora(cfg.lora)
-        return self
+        return self.eval()  # like transformers' from_pretrained; the trainer calls train()
 
     @classmethod
     def from_pretrained(
-        cls, path_or_repo: str | os.PathLike[str], *, llm: Any = None, revision: str | None = None, registry: Any = None
+        cls, path_or_repo: str | os.PathLike[str], *, llm: Any = None, revision: str | None = None, registry: Any = None,
+        decoders: Mapping[str, Any] | None = None,
     ) -> MultimodalLM:
         """Load a checkpoint written by :meth:`save_pretrained` (a folder or a Hub repo id).
 
         ``llm``: optional preloaded ``(model, tokenizer, info)``; its embedding fingerprint must match the
-        manifest's, else :class:`~xmm.errors.IncompatibleCheckpointError` says what was expected.
+        manifest's, else :class:`~xmm.errors.IncompatibleCheckpointError` says what was expected. ``decoders``:
+        ready decoder objects for the checkpoint's outputs (decoders are never saved; by default they are rebuilt
+        from the config's ``outputs``).
         """
         from xmm.model.checkpoint import load_checkpoint
 
-        return load_checkpoint(cls, path_or_repo, llm=llm, revision=revision, registry=registry)
+        return load_checkpoint(cls, path_or_repo, llm=llm, revision=revision, registry=registry, decoders=decoders)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write only what is trainable (bridges, new-token rows, LoRA, projectors, trainable encoders) and
@@ -209,14 +220,10 @@ class MultimodalLM(nn.Module):
         return save_checkpoint(self, directory)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Save to a temporary folder and upload it with :mod:`xmm.hub`; returns the commit url."""
-        import tempfile
-
+        """Save the trained parts and upload them with a model card (:func:`xmm.hub.push_model`); returns the commit url."""
         from xmm import hub
 
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(Path(tmp) / "checkpoint")
-            return hub.push_checkpoint(Path(tmp) / "checkpoint", repo_id, **kwargs)
+        return hub.push_model(self, repo_id, **kwargs)
 
     # -- tokens and LoRA --------------------------------------------------------------------------------
     def _wrap_llm(self) -> None:
@@ -275,7 +282,8 @@ class MultimodalLM(nn.Module):
             settings = LoraSettings(r=settings.r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
                                     target_modules=sorted(settings.target_modules))
         lcfg = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                               target_modules=list(settings.target_modules), bias="none")
+                               target_modules=list(settings.target_modules), bias="none",
+                               base_model_name_or_path=self.llm_info.get("id"))
         try:
             peft.inject_adapter_in_model(lcfg, self.llm)
         except ValueError as e:
@@ -285,9 +293,36 @@ class MultimodalLM(nn.Module):
         self.new_tokens.trainable_out.requires_grad_(True)
         self.lora_settings = settings
         self.config = self.config.model_copy(update={"lora": settings})
+        self.train(self.training)  # new adapter modules start in train mode (dropout on); follow the model's mode
 
     def lora_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.llm.named_parameters() if "lora_" in n}
+
+    def peft_config(self) -> Any:
+        """The ``peft.LoraConfig`` of the injected adapter."""
+        if self.lora_settings is None:
+            raise ConfigError("this model has no LoRA adapter", field="lora")
+        return self.llm.peft_config["default"]
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter weights in peft's naming (``...q_proj.lora_A.weight``), as peft saves them."""
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.llm, save_embedding_layers=False)
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor], *, source: str = "LoRA weights") -> None:
+        """Load adapter weights saved by :meth:`lora_state_dict`, strictly."""
+        from peft import set_peft_model_state_dict
+
+        from xmm.errors import CheckpointError
+
+        expected = set(self.lora_state_dict())
+        if set(state) != expected:
+            raise CheckpointError(f"{source}: LoRA weights do not match the model: missing {sorted(expected - set(state))[:3]}, "
+                                  f"unexpected {sorted(set(state) - expected)[:3]}")
+        result = set_peft_model_state_dict(self.llm, state)
+        if getattr(result, "unexpected_keys", None):
+            raise CheckpointError(f"{source}: unexpected LoRA weights {result.unexpected_keys[:3]}")
 
     # -- components ---------------------------------------------------------------------------------
     def named_components(self) -> dict[str, nn.Module | list[nn.Parameter]]:
@@ -481,8 +516,25 @@ class MultimodalLM(nn.Module):
         return stream(self, messages, **kwargs)
 
     def chat(self, messages: Any, **kwargs: Any) -> str:
-        """The answer text to one conversation."""
+        """The answer text to one conversation (decoders do not run: use :meth:`generate` for images, audio...)."""
+        kwargs.setdefault("run_decoders", False)
         return self.generate(messages, **kwargs).text
+
+
+def _adopt_llm(llm: nn.Module) -> None:
+    """Reuse an LLM taken from an earlier ``MultimodalLM`` (saves reloading it): restore its own embedding and LM
+    head modules. The earlier model must not be used afterwards. LoRA layers cannot be taken off, so such an LLM
+    is refused."""
+    emb = llm.get_input_embeddings()
+    if not isinstance(emb, ExtendedEmbedding):
+        return
+    if any("lora_" in n for n, _ in llm.named_parameters()):
+        raise ConfigError("this LLM carries LoRA adapters from another MultimodalLM; load a fresh one with "
+                          "xmm.llm.load_llm()", field="llm")
+    llm.set_input_embeddings(emb.base)
+    head = llm.get_output_embeddings()
+    if isinstance(head, ExtendedLMHead):
+        llm.set_output_embeddings(head.base)
 
 
 def _group(items: Sequence[MediaItem]) -> dict[str, list[int]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from xmm.decoder import DecoderOutput
 from xmm.errors import CheckpointError, ConfigError, IncompatibleCheckpointError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -80,8 +79,12 @@ class SignalGroup:
 
 
 def find_signal_groups(token_ids: torch.Tensor, signal_ids: list[int], attention_mask: torch.Tensor | None = None) -> list[SignalGroup]:
-    """Every group of signal tokens in ``token_ids [B, L]``, in row-major order. A group starts at each occurrence of
-    the first signal token (or, when that one is missing, of any later signal token not inside a group)."""
+    """Every group of signal tokens in ``token_ids [B, L]``, in row-major order, never overlapping.
+
+    A signal token ``k`` at position ``p`` belongs to the group starting at ``p - k``; a token whose group would
+    overlap the previous group of its row (e.g. a repeated last token) is a stray and is ignored. ``present`` tells
+    which tokens of a group are really there.
+    """
     if not signal_ids:
         return []
     ids = torch.tensor(signal_ids, dtype=token_ids.dtype, device=token_ids.device)
@@ -91,15 +94,16 @@ def find_signal_groups(token_ids: torch.Tensor, signal_ids: list[int], attention
     groups: list[SignalGroup] = []
     s = len(signal_ids)
     rows = token_ids.tolist()
+    end = {}  # row -> first position after its last group
     for b, p in hit.nonzero().tolist():
-        k = signal_ids.index(rows[b][p])
-        start = p - k
-        if groups and groups[-1].batch_index == b and groups[-1].start == start:
-            continue  # a later token of the group we already have
-        if start < 0:
-            start = 0
+        start = max(p - signal_ids.index(rows[b][p]), 0)
+        if start < end.get(b, 0):
+            continue  # inside the previous group, or a stray overlapping it
         present = [start + j < len(rows[b]) and rows[b][start + j] == signal_ids[j] for j in range(s)]
+        if attention_mask is not None:
+            present = [ok and bool(attention_mask[b, start + j]) for j, ok in enumerate(present)]
         groups.append(SignalGroup(b, start, present))
+        end[b] = start + s
     return groups
 
 
@@ -143,6 +147,12 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
                 decoder = registry.create_decoder(config.decoder, **copy.deepcopy(config.decoder_config))
             except RegistryError as e:
                 raise ConfigError(str(e), field=f"outputs.{modality}.decoder") from e
+            except ConfigError as e:
+                raise ConfigError(
+                    f"cannot build decoder '{config.decoder}': {e}. Set it in outputs.{modality}.decoder_config (e.g. "
+                    f"pipeline: a local pipeline folder) or pass a ready one: decoders={{'{modality}': ...}}",
+                    field=f"outputs.{modality}.decoder_config",
+                ) from e
         if not isinstance(decoder, nn.Module):
             raise ConfigError(f"decoder for '{modality}' is a {type(decoder).__name__}, not an xmm Decoder", field=f"outputs.{modality}.decoder")
         kind = getattr(decoder, "input_kind", "conditioning")
@@ -153,6 +163,8 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
             model.projectors[modality] = _build_projector(modality, config, decoder, model.hidden_size, len(tokens)).to(model.device)
         decoder.requires_grad_(False)
         decoder.eval()
+        if model.device.type != "cpu" and getattr(getattr(decoder, "config", None), "device", None) is None:
+            decoder.to(model.device)  # decoders are built on the CPU; follow the model unless told where to run
         model.decoders[modality] = decoder
         ids = model.add_tokens(tokens, trainable=True) if tokens else []
         model.decoder_specs[modality] = {
@@ -189,12 +201,15 @@ def signal_ids(model: Any, modality: str) -> list[int]:
 
 
 def project_signals(model: Any, modality: str, hidden: torch.Tensor, token_ids: torch.Tensor,
-                    attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[SignalGroup]]:
+                    attention_mask: torch.Tensor | None = None, *, complete_only: bool = False) -> tuple[torch.Tensor, list[SignalGroup]]:
     """Conditioning ``[G, T, D]`` for every group of ``modality``'s signal tokens in ``token_ids [B, L]``, from the
-    LLM's last-layer states ``hidden [B, L, d]`` (differentiable: the alignment loss trains through it)."""
+    LLM's last-layer states ``hidden [B, L, d]`` (differentiable: the alignment loss trains through it).
+    ``complete_only``: skip groups that miss a signal token (generation decodes only complete groups)."""
     projector = model.projectors[modality]
     ids = signal_ids(model, modality)
     groups = find_signal_groups(token_ids, ids, attention_mask)
+    if complete_only:
+        groups = [g for g in groups if all(g.present)]
     if not groups:
         t, d = projector.output_shape
         return hidden.new_zeros(0, t, d), groups
@@ -203,48 +218,83 @@ def project_signals(model: Any, modality: str, hidden: torch.Tensor, token_ids: 
     return projector(states.to(dtype), mask), groups
 
 
-@torch.no_grad()
-def decode_outputs(model: Any, hidden: torch.Tensor | None, token_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                   answers: list[str]) -> list[list[DecoderOutput]]:
-    """Run every output: per batch row, the :class:`DecoderOutput` of each decoder that produced something.
+@dataclass
+class ProducedOutput:
+    """One thing a decoder produced for an answer: ``value`` (a PIL image, a waveform, video frames, a device
+    command result...), the ``decoder`` that made it and its ``info``. :meth:`save` writes it to a file."""
 
-    Conditioning decoders run once per signal group found in ``token_ids [B, L]`` (``hidden [B, L, d]``: the
-    last-layer states over that sequence); text decoders read ``answers`` (one per row) and count when they return
-    an output that is not ``None`` (the device decoder returns a result with ``command`` set for a valid command).
+    modality: str
+    value: Any
+    decoder: Any = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path_stem: str | Path) -> Path:
+        """Write the output to ``path_stem`` + the decoder's suffix (``.png``, ``.wav``...); returns the path."""
+        return self.decoder.save_output(self.value, path_stem)
+
+
+@torch.no_grad()
+def decode_generated(model: Any, spliced: Any, answer_ids: list[list[int]], texts: list[str]) -> list[dict[str, list[ProducedOutput]]]:
+    """Run the decoders on generated answers: per answer, modality -> what was produced.
+
+    Text decoders read ``texts``. When an answer holds signal tokens of a conditioning decoder, the LLM runs once
+    more over prompt (``spliced``, the generation's own spliced inputs) + answer to get the last-layer states at the
+    signal positions (states of the generated tokens themselves, as in training); only complete groups of signal
+    tokens in the answer count, not ones in earlier turns of the prompt.
     """
-    rows: list[list[DecoderOutput]] = [[] for _ in answers]
+    rows: list[dict[str, list[ProducedOutput]]] = [{} for _ in texts]
     for modality, decoder in model.decoders.items():
-        kind = getattr(decoder, "input_kind", "conditioning")
-        if kind == "text":
-            out = decoder(text=list(answers))
-            for b, item in enumerate(out.outputs):
-                if item is not None and _produced(item):
-                    rows[b].append(DecoderOutput(out.modality, [item], dict(out.info)))
+        if getattr(decoder, "input_kind", "conditioning") != "text":
             continue
-        if hidden is None:
-            continue
-        cond, groups = project_signals(model, modality, hidden, token_ids, attention_mask)
+        out = decoder(text=list(texts))
+        for b, item in enumerate(out.outputs):
+            if item is not None and _produced(item):
+                rows[b].setdefault(modality, []).append(ProducedOutput(out.modality, item, decoder, dict(out.info)))
+    wanted = [m for m, d in model.decoders.items() if getattr(d, "input_kind", "conditioning") == "conditioning"
+              and any(set(signal_ids(model, m)) & set(ids) for ids in answer_ids)]
+    if not wanted:
+        return rows
+    hidden, token_ids, mask = _answer_states(model, spliced, answer_ids)
+    for modality in wanted:
+        cond, groups = project_signals(model, modality, hidden, token_ids, mask, complete_only=True)
         if not groups:
             continue
+        decoder = model.decoders[modality]
         out = decoder(cond)
         for g, item in zip(groups, out.outputs):
-            rows[g.batch_index].append(DecoderOutput(out.modality, [item], dict(out.info)))
+            rows[g.batch_index].setdefault(modality, []).append(ProducedOutput(out.modality, item, decoder, dict(out.info)))
     return rows
 
 
+def _answer_states(model: Any, spliced: Any, answer_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Last-layer states ``[B, P + G, d]`` over prompt + answers, token ids with the prompt part set to -1, and the
+    attention mask (answers right-padded after the left-padded prompt)."""
+    b, p = spliced.attention_mask.shape
+    g = max(1, max(len(ids) for ids in answer_ids))
+    device = spliced.inputs_embeds.device
+    pad = int(model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0)
+    gen = torch.full((b, g), pad, dtype=torch.long, device=device)
+    gen_mask = torch.zeros((b, g), dtype=spliced.attention_mask.dtype, device=device)
+    for i, ids in enumerate(answer_ids):
+        gen[i, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
+        gen_mask[i, : len(ids)] = 1
+    with model.autocast():
+        gen_embeds = model.llm.get_input_embeddings()(gen).to(spliced.inputs_embeds.dtype)
+        embeds = torch.cat([spliced.inputs_embeds, gen_embeds], dim=1)
+        mask = torch.cat([spliced.attention_mask, gen_mask], dim=1)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, output_hidden_states=True,
+                        use_cache=False, logits_to_keep=1)
+    token_ids = torch.cat([torch.full((b, p), -1, dtype=torch.long, device=device), gen], dim=1)
+    return out.hidden_states[-1].float(), token_ids, mask.bool()
+
+
 def _produced(item: Any) -> bool:
-    # a text decoder's "nothing here" (e.g. an answer that is not a command) is a result without its payload
+    # a text decoder reads every answer; one that is not for it (e.g. not a device command) yields a result without
+    # its payload, which is not an output
     if hasattr(item, "command"):
         return item.command is not None
     return True
-
-
-def has_outputs(model: Any) -> bool:
-    return len(getattr(model, "decoders", {}) or {}) > 0
-
-
-def needs_hidden_states(model: Any) -> bool:
-    return any(getattr(d, "input_kind", "conditioning") == "conditioning" for d in model.decoders.values())
 
 
 # -- checkpoint files -----------------------------------------------------------------------------------------
@@ -271,16 +321,6 @@ def outputs_manifest(model: Any) -> dict[str, Any]:
     return record
 
 
-def save_projectors(model: Any, directory: str | Path) -> dict[str, str]:
-    """Save each projector to ``directory/projectors/<modality>/``; returns modality -> relative folder."""
-    saved = {}
-    for modality, projector in model.projectors.items():
-        rel = f"{PROJECTORS_DIR}/{modality}"
-        projector.save_pretrained(Path(directory) / rel)
-        saved[modality] = rel
-    return saved
-
-
 def load_projectors(model: Any, directory: str | Path) -> None:
     """Load saved weights into the model's (already built) projectors, strictly; the config must match."""
     from xmm.bridges.base import load_weights_dir, read_config_json
@@ -300,11 +340,26 @@ def load_projectors(model: Any, directory: str | Path) -> None:
         load_weights_dir(projector, folder, kind="projector")
 
 
-def media_stem(output_dir: str | Path, modality: str, index: int, prefix: str = "xmm") -> Path:
-    """A fresh file stem ``<dir>/<prefix>-<modality>-<n>`` that no existing file uses (any suffix)."""
+def media_stem(output_dir: str | Path, modality: str, prefix: str = "xmm") -> Path:
+    """A fresh file stem ``<dir>/<prefix>-<modality>-<n>`` (smallest n that no existing file uses, any suffix)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n = index
+    n = 0
     while any(out.glob(f"{prefix}-{modality}-{n}.*")):
         n += 1
     return out / f"{prefix}-{modality}-{n}"
+
+
+def save_produced(outputs: dict[str, list[ProducedOutput]], output_dir: str | Path) -> list[tuple[ProducedOutput, Path | None]]:
+    """Save every produced output under ``output_dir`` (``xmm-image-0.png``, ``xmm-audio-0.wav``...), never
+    overwriting a file. Returns ``(output, path)`` pairs; ``path`` is None for outputs whose decoder does not write
+    files (e.g. device commands, which are results, not media)."""
+    saved: list[tuple[ProducedOutput, Path | None]] = []
+    for modality, items in outputs.items():
+        for item in items:
+            try:
+                path = item.save(media_stem(output_dir, modality))
+            except NotImplementedError:
+                path = None
+            saved.append((item, path))
+    return saved

@@ -33,11 +33,17 @@ class BadSamples:
     counts: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     keep: int = 20
+    _seen: dict[str, str] = field(default_factory=dict, repr=False)  # key -> kind
 
-    def record(self, kind: str, message: str) -> None:
-        """Count one bad sample; raise :class:`TrainingError` instead when the policy is ``fail``."""
+    def record(self, kind: str, message: str, *, key: str | None = None) -> None:
+        """Count one bad sample (once per ``key``, e.g. ``file:line``, however many epochs meet it); raise
+        :class:`TrainingError` instead when the policy is ``fail``."""
         if self.on_bad_sample == "fail":
             raise TrainingError(f"bad sample ({kind}): {message} (on_bad_sample: fail)")
+        if key is not None:
+            if key in self._seen:
+                return
+            self._seen[key] = kind
         self.counts[kind] += 1
         if len(self.examples) < self.keep:
             self.examples.append(message)
@@ -49,6 +55,28 @@ class BadSamples:
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "by_kind": dict(self.counts), "examples": list(self.examples)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: counts, messages and the keys already counted."""
+        return {**self.as_dict(), "seen": dict(self._seen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counts = Counter(state.get("by_kind", {}))
+        self.examples = list(state.get("examples", []))
+        self._seen = dict(state.get("seen", {}))
+
+    @classmethod
+    def merged(cls, states: list[dict[str, Any]], keep: int = 20) -> dict[str, Any]:
+        """Counts over several processes' :meth:`state_dict`: a keyed sample seen by several counts once."""
+        seen: dict[str, str] = {}
+        keyless: Counter[str] = Counter()
+        examples: list[str] = []
+        for st in states:
+            seen.update(st.get("seen", {}))
+            keyless.update(Counter(st.get("by_kind", {})) - Counter(st.get("seen", {}).values()))
+            examples.extend(e for e in st.get("examples", []) if e not in examples)
+        counts = Counter(seen.values()) + keyless
+        return {"total": sum(counts.values()), "by_kind": dict(counts), "examples": examples[:keep], "seen": seen}
 
 
 @dataclass
@@ -100,15 +128,15 @@ def read_manifest(path: str | Path, specs: Mapping[str, Any], bad: BadSamples) -
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            bad.record("invalid_json", f"{where}: {e.msg} at column {e.colno}")
+            bad.record("invalid_json", f"{where}: {e.msg} at column {e.colno}", key=where)
             continue
         try:
             messages = _check_example(obj, specs, base)
         except MediaError as e:
-            bad.record("unreadable_media", f"{where}: {e}")
+            bad.record("unreadable_media", f"{where}: {e}", key=where)
             continue
         except PromptError as e:
-            bad.record("invalid_example", f"{where}: {e}")
+            bad.record("invalid_example", f"{where}: {e}", key=where)
             continue
         extra = {k: v for k, v in obj.items() if k not in ("messages", "base_dir", "source", "media")}
         out.append(Example(messages, base, where, extra))
@@ -180,47 +208,66 @@ class EpochBatchSampler:
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+@dataclass
+class SkippedBatch:
+    """What :class:`SafeCollator` returns when no example of a batch is usable (the skips travel with it)."""
+
+    skipped: list[tuple[str, str, str | None]]
+
+
 class SafeCollator:
-    """Wraps the model's collator: examples whose media cannot be decoded are recorded and dropped.
+    """Wraps the model's collator: examples whose media cannot be decoded are dropped from their batch.
 
     ``needs_decode(item) -> bool`` says whether an item must be decoded now (False for a feature-cache hit, whose
-    pixels are never needed); every other item is decoded here, before any model work. Returns ``None`` when no
-    example of the batch is usable.
+    pixels are never needed); every other item is decoded here, before any model work. The dropped examples travel
+    with the batch as ``batch.skipped`` (``(kind, message, key)`` tuples, recorded by the training process, which also
+    works from DataLoader worker processes); a batch with nothing usable is a :class:`SkippedBatch`. With
+    ``on_bad_sample: fail`` the first bad example raises :class:`TrainingError` instead.
     """
 
-    def __init__(self, collator: Callable[[Sequence[Any]], Any], bad: BadSamples, needs_decode: Callable[[Any], bool] | None = None) -> None:
+    def __init__(self, collator: Callable[[Sequence[Any]], Any], on_bad_sample: str = "skip",
+                 needs_decode: Callable[[Any], bool] | None = None) -> None:
         self.collator = collator
-        self.bad = bad
+        self.on_bad_sample = on_bad_sample
         self.needs_decode = needs_decode or (lambda item: True)
 
-    def _usable(self, example: Mapping[str, Any]) -> bool:
-        try:
-            batch = self.collator([example])
-            for item in batch.media:
-                if self.needs_decode(item):
-                    item.load()
-        except MediaError as e:
-            self.bad.record("unreadable_media", f"{example.get('source', '?')}: {e}")
-            return False
-        except PromptError as e:
-            self.bad.record("invalid_example", f"{example.get('source', '?')}: {e}")
-            return False
-        return True
-
-    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> Any:
-        try:
-            batch = self.collator(examples)
-            for item in batch.media:
-                if self.needs_decode(item):
-                    item.load()
-            return batch
-        except (MediaError, PromptError):
-            pass  # find the culprit(s) one by one; only on this rare path
-        good = [ex for ex in examples if self._usable(ex)]
-        if not good:
-            return None
-        batch = self.collator(good)
+    def _collate(self, examples: Sequence[Mapping[str, Any]]) -> Any:
+        batch = self.collator(examples)
         for item in batch.media:
             if self.needs_decode(item):
                 item.load()
         return batch
+
+    def _problem(self, example: Mapping[str, Any]) -> tuple[str, str, str | None] | None:
+        source = example.get("source")
+        try:
+            self._collate([example])
+        except (MediaError, PromptError) as e:
+            kind = "unreadable_media" if isinstance(e, MediaError) else "invalid_example"
+            if self.on_bad_sample == "fail":
+                raise TrainingError(f"bad sample ({kind}): {source or '?'}: {e} (on_bad_sample: fail)") from e
+            return kind, f"{source or '?'}: {e}", source
+        return None
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> Any:
+        try:
+            batch = self._collate(examples)
+            batch.skipped = []
+            return batch
+        except (MediaError, PromptError):
+            pass  # find the culprit(s) one by one; only on this rare path
+        problems = [self._problem(ex) for ex in examples]
+        skipped = [p for p in problems if p is not None]
+        good = [ex for ex, p in zip(examples, problems) if p is None]
+        if not good:
+            return SkippedBatch(skipped)
+        batch = self._collate(good)
+        batch.skipped = skipped
+        return batch
+
+
+def record_skipped(batch: Any, bad: BadSamples) -> Any:
+    """Record the examples a :class:`SafeCollator` dropped; returns the batch, or None when nothing was usable."""
+    for kind, message, key in getattr(batch, "skipped", None) or []:
+        bad.record(kind, message, key=key)
+    return None if isinstance(batch, SkippedBatch) else batch

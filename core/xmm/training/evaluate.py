@@ -89,18 +89,23 @@ def evaluate(
     return result
 
 
+def _texts(model: Any, convs: list[dict[str, Any]], max_new_tokens: int) -> list[str]:
+    # scores read the text only: no decoder runs (a diffusion pipeline per signal group would cost minutes)
+    return list(model.generate(convs, max_new_tokens=max_new_tokens, do_sample=False, run_decoders=False).texts)
+
+
 def _generate(model: Any, chunk: list[Example], max_new_tokens: int, bad: BadSamples) -> list[str | None]:
     convs = [{"messages": split_example(ex)[0], "base_dir": ex.base_dir} for ex in chunk]
     try:
-        return list(model.generate(convs, max_new_tokens=max_new_tokens, do_sample=False).texts)
+        return _texts(model, convs, max_new_tokens)
     except (MediaError, PromptError):
         pass
     # one bad example must not cost the others their score: retry them one by one
     out: list[str | None] = []
     for ex, conv in zip(chunk, convs):
         try:
-            out.append(model.generate([conv], max_new_tokens=max_new_tokens, do_sample=False).texts[0])
+            out.append(_texts(model, [conv], max_new_tokens)[0])
         except (MediaError, PromptError) as e:
-            bad.record("unusable_example", f"{ex.source}: {e}")
+            bad.record("unusable_example", f"{ex.source}: {e}", key=ex.source)
             out.append(None)
     return out

@@ -35,9 +35,9 @@ from xmm.training.checkpointing import (
     set_rng_state,
     write_json,
 )
-from xmm.training.data import BadSamples, EpochBatchSampler, ManifestDataset, SafeCollator
+from xmm.training.data import BadSamples, EpochBatchSampler, ManifestDataset, SafeCollator, record_skipped
 from xmm.training.logging import Progress, RunLogger, plot_loss_curve
-from xmm.training.objectives import Objective, get_objective, objective_step
+from xmm.training.objectives import Objective, count_answer_tokens, get_objective, objective_step
 from xmm.training.optim import build_optimizer, build_scheduler, param_groups
 from xmm.training.plan import StageConfig, StagePlan, load_plan
 from xmm.training.selection import (
@@ -81,7 +81,9 @@ class StageModule(nn.Module):
         self.needs_output = any(o.needs_output for o, _, _ in objectives)
         self.needs_hidden = any(o.needs_hidden_states for o, _, _ in objectives)
 
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, token_scale: float = 1.0, micro_scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """``loss``: the weighted objectives of ``batch`` scaled for accumulation (token-mean objectives by
+        ``token_scale``, the others by ``micro_scale``); ``loss/<name>``: each objective's plain value."""
         model = self.model
         if batch is None:
             # every example of this process's share was unusable: contribute zero gradients so that the other
@@ -93,11 +95,13 @@ class StageModule(nn.Module):
             if self.needs_output:
                 output = model(batch, output_hidden_states=self.needs_hidden, logits="labels")
             parts: dict[str, torch.Tensor] = {}
-            with objective_step():
+            with objective_step() as memo:
+                memo["stage_objectives"] = [o.name for o, _, _ in self.objectives]
                 for obj, weight, params in self.objectives:
                     value = obj(model, batch, output, **params)
                     if value is not None:
-                        parts[obj.name] = (value, weight)  # type: ignore[assignment]
+                        scale = token_scale if obj.token_mean else micro_scale
+                        parts[obj.name] = (value, weight * scale)  # type: ignore[assignment]
         if not parts:
             names = ", ".join(o.name for o, _, _ in self.objectives)
             raise TrainingError(
@@ -116,8 +120,11 @@ def _accelerator() -> Any:
     from accelerate.utils import DistributedDataParallelKwargs
 
     # the global batch is split across processes (same math on 1 or N processes); stages that leave a bridge unused
-    # in a step (a modality absent from a batch) need find_unused_parameters; buffers of frozen modules never change
+    # in a step (a modality absent from a batch) need find_unused_parameters; buffers of frozen modules never change.
+    # Under torchrun without GPUs accelerate only sets up its gloo process group when told to run on the CPU.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=launched and not torch.cuda.is_available(),
         dataloader_config=DataLoaderConfiguration(split_batches=True, even_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
@@ -149,10 +156,13 @@ def build_model(plan: StagePlan, device: torch.device | None = None) -> Any:
     from xmm.model import MultimodalLM
 
     cfg = plan.multimodal_config()
-    if device is not None and cfg.device is None:
-        cfg = cfg.model_copy(update={"device": str(device)})
     seed_everything(plan.seed)
-    return MultimodalLM.from_config(cfg)
+    if device is None or cfg.device is not None:
+        return MultimodalLM.from_config(cfg)
+    # this process's device (cuda:<local rank> under torchrun), not written into the checkpoint's config
+    model = MultimodalLM.from_config(cfg.model_copy(update={"device": str(device)}))
+    model.config = model.config.model_copy(update={"device": None})
+    return model
 
 
 def ensure_lora(model: Any, stage: StageConfig, index: int) -> None:
@@ -225,6 +235,13 @@ class _Batches:
             return item
 
 
+def _sum_over_processes(accelerator: Any, value: int) -> int:
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=accelerator.device)
+    return int(accelerator.reduce(t, reduction="sum").item())
+
+
 def _reduce_mean(accelerator: Any, values: dict[str, float]) -> dict[str, float]:
     if accelerator.num_processes == 1 or not values:
         return values
@@ -235,30 +252,52 @@ def _reduce_mean(accelerator: Any, values: dict[str, float]) -> dict[str, float]
 
 
 def _gather_bad(accelerator: Any, bad: BadSamples) -> dict[str, Any]:
-    """Bad-sample counts summed over processes (each process collates its own share)."""
+    """Bad-sample state over all processes (each collates its own share), each distinct sample counted once.
+    A collective call: every process must make it."""
     if accelerator.num_processes == 1:
-        return bad.as_dict()
+        return bad.state_dict()
     parts: list[Any] = [None] * accelerator.num_processes
-    torch.distributed.all_gather_object(parts, bad.as_dict())
-    total: dict[str, int] = {}
-    examples: list[str] = []
-    for p in parts:
-        for k, v in p["by_kind"].items():
-            total[k] = total.get(k, 0) + v
-        examples.extend(p["examples"])
-    return {"total": sum(total.values()), "by_kind": total, "examples": examples[: bad.keep]}
+    torch.distributed.all_gather_object(parts, bad.state_dict())
+    return BadSamples.merged(parts, keep=bad.keep)
+
+
+def weights_checksum(params: list[nn.Parameter]) -> str:
+    """sha256 over the exact bytes of ``params`` (to check that processes hold identical weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_ranks_agree(accelerator: Any, params: list[nn.Parameter], stage: str) -> list[str]:
+    """Checksums of the trained weights of every process; raise if DDP let them drift apart."""
+    mine = weights_checksum(params)
+    if accelerator.num_processes == 1:
+        return [mine]
+    sums: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(sums, mine)
+    if len(set(sums)) != 1:
+        raise TrainingError(f"stage '{stage}': the processes ended with different weights {sums}")
+    return sums
+
+
+def _public(bad_state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in bad_state.items() if k != "seen"}
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
 def train(plan: StagePlan | str | os.PathLike[str] | dict[str, Any], *, resume: bool = False,
-          output_dir: str | os.PathLike[str] | None = None) -> TrainResult:
-    """Run every stage of ``plan`` (a :class:`StagePlan`, a YAML path or a dict).
+          output_dir: str | os.PathLike[str] | None = None, base_dir: str | os.PathLike[str] | None = None) -> TrainResult:
+    """Run every stage of ``plan`` (a :class:`StagePlan`, a YAML path or a dict; ``base_dir`` is where a dict's
+    relative paths resolve, default the working directory).
 
     ``resume=True`` continues from ``<output_dir>/checkpoints/latest`` (a fresh start when there is none):
     weights, optimiser, scheduler, RNG and data position are restored, so the result is bit-identical to an
     uninterrupted run. Returns a :class:`TrainResult`; the final model is written to ``<output_dir>/model``.
     """
-    plan = load_plan(plan)
+    plan = load_plan(plan, base_dir=base_dir)
     if output_dir is not None:
         plan.output_dir = str(Path(output_dir).resolve())
     accelerator = _accelerator()
@@ -295,13 +334,18 @@ def _run(plan: StagePlan, accelerator: Any, *, resume: bool) -> TrainResult:
         state = loaded.state
         state.world_size = accelerator.num_processes
         start_stage = state.stage_index + (1 if state.stage_done else 0)
-        for i in range(min(start_stage + 1, len(plan.stages))):
+        for i in range(state.stage_index + 1):
             ensure_lora(model, plan.stages[i], i)  # the structure the checkpoint was saved with
         trained = load_trained_weights(model, loaded.path / TRAINED_WEIGHTS)
+        if state.stage_done:
+            # the next stage starts from the RNG the uninterrupted run had here (its LoRA init draws from it)
+            rng = loaded.rng_state(accelerator.process_index)
+            if rng is None:
+                raise CheckpointError(f"{loaded.path}: no RNG state for process {accelerator.process_index}")
+            set_rng_state(rng)
     bad = BadSamples(plan.on_bad_sample)
     if loaded is not None and main:
-        bad.counts.update(loaded.state.bad_samples.get("by_kind", {}))
-        bad.examples = list(loaded.state.bad_samples.get("examples", []))
+        bad.load_state_dict(loaded.state.bad_samples)
     cache = FeatureCache(plan.cache_path, writer=f"rank{accelerator.process_index}-{os.getpid()}-{time.time_ns() % 10**8}")
     provider = CachedFeatureProvider(model, cache, compute=model.encode_media)
     logger = RunLogger(out_dir, enabled=main, report_to=plan.report_to,
@@ -316,7 +360,7 @@ def _run(plan: StagePlan, accelerator: Any, *, resume: bool) -> TrainResult:
             summary = _run_stage(plan, si, model, accelerator, provider, cache, bad, logger, writer, state, trained,
                                  loaded if resume_here else None)
             summaries.append(summary)
-        bad_total = _gather_bad(accelerator, bad)
+        bad_total = _public(_gather_bad(accelerator, bad))
         model_dir = out_dir / "model"
         if main:
             model.save_pretrained(model_dir)
@@ -349,11 +393,14 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
     src = plan.source
     ensure_lora(model, stage, si)
     selection = select(model, stage.trainable, field_prefix=f"stages.{si}.trainable", source=src)
+    if not selection.params:
+        raise ConfigError(f"stage '{stage.name}' selects no parameters to train", field=f"stages.{si}.trainable", source=src)
     apply_selection(model, selection)
     trained.update(selection.names)
 
     # data
-    manifest_bad = bad if loaded is None and main else BadSamples(plan.on_bad_sample)  # counted once per run
+    # every process reads the whole manifest; the main one counts its bad lines (once per line, also on resume)
+    manifest_bad = bad if main else BadSamples(plan.on_bad_sample)
     dataset = ManifestDataset.from_manifests([plan.resolve(p) for p in stage.data.train], model.specs, manifest_bad,
                                              max_examples=stage.data.max_examples)
     n_proc = accelerator.num_processes
@@ -367,9 +414,12 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
                                 drop_last=stage.data.drop_last)
     use_cache = stage.feature_cache
     collator = model.collator(padding_side="right", load_media=not use_cache)
-    safe = SafeCollator(collator, bad, needs_decode=(lambda it: not provider.is_hit(it)) if use_cache else None)
+    safe = SafeCollator(collator, plan.on_bad_sample, needs_decode=(lambda it: not provider.is_hit(it)) if use_cache else None)
+    # the loader's own generator: each iter() draws a worker base seed, which must not come from the global RNG
+    # (a resumed run starts one more iterator than the uninterrupted one and would see other dropout masks)
     loader = accelerator.prepare_data_loader(
-        DataLoader(dataset, batch_sampler=sampler, collate_fn=safe, num_workers=stage.data.num_workers)
+        DataLoader(dataset, batch_sampler=sampler, collate_fn=safe, num_workers=stage.data.num_workers,
+                   generator=torch.Generator().manual_seed(plan.seed + si))
     )
     batches_per_epoch = len(sampler)
     total_steps = stage.max_steps or max(1, math.floor(stage.epochs * batches_per_epoch / stage.grad_accum))
@@ -414,7 +464,7 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
 
     def save(name: str) -> None:
         state.step, state.epoch, state.batch = step, stream.epoch, stream.batch
-        state.bad_samples = bad.as_dict() if main else {}
+        state.bad_samples = _gather_bad(accelerator, bad)
         cache.flush()  # features computed so far are kept even if the run dies now
 
         def save_model(d: Path) -> None:
@@ -442,15 +492,20 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
         while step < total_steps:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
-            for micro in range(stage.grad_accum):
-                batch = stream.next()
+            micro_batches = [record_skipped(stream.next(), bad) for _ in range(stage.grad_accum)]
+            tokens = [count_answer_tokens(b) for b in micro_batches]
+            step_tokens = max(_sum_over_processes(accelerator, sum(tokens)), 1)
+            for micro, batch in enumerate(micro_batches):
                 sync = micro == stage.grad_accum - 1
                 ctx = accelerator.no_sync(module) if not sync and n_proc > 1 else nullcontext()
                 with ctx:
-                    out = module(batch)
-                    accelerator.backward(out["loss"] / stage.grad_accum)
+                    # DDP averages gradients over processes, hence the factor n_proc in the token weight
+                    out = module(batch, token_scale=tokens[micro] * n_proc / step_tokens, micro_scale=1.0 / stage.grad_accum)
+                    accelerator.backward(out["loss"])
                 for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / stage.grad_accum
+                    if k != "loss":
+                        sums[k] = sums.get(k, 0.0) + float(v) / stage.grad_accum
+            sums["loss"] = sum(w * sums.get(f"loss/{o.name}", 0.0) for o, w, _ in objectives)
             if stage.max_grad_norm is not None:
                 gnorm = torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm)
                 sums["grad_norm"] = float(gnorm)
@@ -486,7 +541,8 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
         model.config = model.config.model_copy(update={"autocast": saved_autocast})
         model.eval()
     summary: dict[str, Any] = {"stage": stage.name, "steps": step, "examples": len(dataset), "last": last,
-                               "trainable_params": selection.num_parameters}
+                               "trainable_params": selection.num_parameters,
+                               "rank_checksums": _check_ranks_agree(accelerator, params, stage.name)}
     if stage.eval is not None:
         summary["eval"] = _stage_eval(plan, si, model, accelerator, writer.root / f"stage-{si + 1}-{stage.name}")
     if main:

@@ -6,6 +6,8 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 
+from xmm.errors import ConfigError
+
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 
@@ -67,7 +69,7 @@ def score(metric: str, predictions: Sequence[str], references: Sequence[str]) ->
         return wer(predictions, references)
     per_item: dict[str, Callable[[str, str], float]] = {"exact": exact_match, "contains": contains}
     if metric not in per_item:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}", field="metric")
     if not predictions:
         return 0.0
     return sum(per_item[metric](p, r) for p, r in zip(predictions, references)) / len(predictions)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from xmm.errors import ConfigError, TrainingError
+from xmm.errors import ConfigError
 
 ObjectiveFn = Callable[..., "torch.Tensor | None"]
 
@@ -37,6 +37,7 @@ class Objective:
     needs_output: bool = True
     needs_hidden_states: bool = False
     description: str = ""
+    token_mean: bool = False  # a mean over answer tokens: the loop re-weights it by the step's global token count
 
     def __call__(self, model: Any, batch: Any, output: Any, **params: Any) -> torch.Tensor | None:
         return self.fn(model, batch, output, **params)
@@ -54,10 +55,14 @@ def register_objective(
     needs_output: bool = True,
     needs_hidden_states: bool = False,
     description: str = "",
+    token_mean: bool = False,
     replace: bool = False,
 ) -> Any:
     """Register ``fn`` under ``name``; usable as ``@register_objective("name")`` or ``register_objective("name", fn)``.
 
+    ``token_mean``: ``fn`` returns a mean over the batch's answer tokens (labels != -100); the loop then weights
+    each micro-batch by its share of the optimiser step's tokens over all processes, so N processes and gradient
+    accumulation compute exactly the one-process, one-batch mean. Other objectives are averaged per micro-batch.
     Registering a name twice raises unless ``replace=True`` or it is the same function (re-imported module).
     """
 
@@ -69,7 +74,7 @@ def register_objective(
         if old is not None and not (replace or same):
             raise ConfigError(f"objective '{name}' is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
         doc = description or (f.__doc__ or "").strip().splitlines()[0] if (description or f.__doc__) else ""
-        _OBJECTIVES[name] = Objective(name, f, needs_output or needs_hidden_states, needs_hidden_states, doc)
+        _OBJECTIVES[name] = Objective(name, f, needs_output or needs_hidden_states, needs_hidden_states, doc, token_mean)
         return f
 
     return deco(fn) if fn is not None else deco
@@ -125,6 +130,11 @@ def unwrap(model: Any) -> Any:
     return model
 
 
+def count_answer_tokens(batch: Any) -> int:
+    """Answer tokens of a batch (positions with a label); 0 for an unusable (None) batch."""
+    return 0 if batch is None or batch.labels is None else int((batch.labels != -100).sum())
+
+
 def answer_tokens(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The answer tokens of each example, left-aligned: ids ``[B, La]`` (pad 0) and mask ``[B, La]`` bool.
 
@@ -144,38 +154,56 @@ def answer_tokens(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- built-in objectives ---------------------------------------------------------------------------------------
-@register_objective("lm")
+@register_objective("lm", token_mean=True)
 def lm_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | None:
     """Next-token cross-entropy on the assistant answer tokens (what ``model(batch).loss`` is)."""
     return getattr(output, "loss", None)
 
 
+def media_features(model: Any, items: list[Any]) -> list[Any]:
+    """Encoder features of ``items`` (through the model's feature provider / cache), computed once per step."""
+    memo = step_memo().setdefault("features", {})
+    todo = [it for it in items if id(it) not in memo]
+    if todo:
+        m = unwrap(model)
+        feats = m.feature_provider(todo) if m.feature_provider is not None else m.encode_media(todo)
+        for it, f in zip(todo, feats):
+            memo[id(it)] = f
+    return [memo[id(it)] for it in items]
+
+
+def _by_modality(batch: Any) -> dict[str, list[Any]]:
+    groups: dict[str, list[Any]] = {}
+    for item in batch.media:
+        groups.setdefault(item.modality, []).append(item)
+    return groups
+
+
 def _qformer_losses(model: Any, batch: Any) -> dict[str, torch.Tensor]:
     """BLIP-2 stage-1 losses of every bridge that has ``stage1_losses``, averaged over the modalities in the batch.
 
-    Each media item is paired with the answer (caption) of its own example. Computed once per step.
+    Each media item is paired with the answer (caption) of its own example. Only the stage's own Q-Former objectives
+    are computed, once per step.
     """
     memo = step_memo()
     if "qformer" in memo:
         return memo["qformer"]
-    m = unwrap(model)
     from xmm.encoder import EncoderOutput
 
+    m = unwrap(model)
+    names = memo.get("stage_objectives") or ["qformer_itc", "qformer_itm", "qformer_itg"]
+    wanted = [n.removeprefix("qformer_") for n in names if n.startswith("qformer_")]
     ids, mask = answer_tokens(batch)
-    by_modality: dict[str, list[Any]] = {}
-    for item in batch.media:
-        by_modality.setdefault(item.modality, []).append(item)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    for modality, items in by_modality.items():
+    for modality, items in _by_modality(batch).items():
         bridge = m.bridges[modality] if modality in m.bridges else None
-        if bridge is None or not hasattr(bridge, "stage1_losses"):
-            continue
-        enc = EncoderOutput.pad(m.encode_media(items))
+        if bridge is None or not hasattr(bridge, "stage1_losses") or getattr(bridge, "text", True) is None:
+            continue  # not a Q-Former, or one without the text branch the stage-1 losses need
+        enc = EncoderOutput.pad(media_features(model, items))
         rows = torch.tensor([it.batch_index for it in items], device=ids.device)
-        text_ids, text_mask = ids[rows], mask[rows]
-        kwargs = {"modality": modality} if _accepts(bridge.stage1_losses, "modality") else {}
-        losses = bridge.stage1_losses(enc.features, enc.mask, text_ids, text_mask, **kwargs)
+        losses = bridge.stage1_losses(enc.features.to(ids.device), enc.mask.to(ids.device), ids[rows], mask[rows],
+                                      modality=modality, objectives=wanted)
         for key, value in losses.items():
             sums[key] = sums[key] + value if key in sums else value
             counts[key] = counts.get(key, 0) + 1
@@ -215,13 +243,30 @@ register_objective(
 )
 
 
-@register_objective("cif_quantity")
+@register_objective("cif_quantity", needs_output=False)
 def cif_quantity_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | None:
-    """CIF quantity loss: |sum of firing weights - number of answer tokens|, averaged over CIF media items."""
-    aux = getattr(output, "aux", None) or {}
-    losses = [v for k, v in aux.items() if k == "cif_quantity" or k.endswith("cif_quantity_loss")]
+    """CIF quantity loss of every CIF bridge: mean ``|sum(alpha) - n|`` with n the number of answer tokens (the
+    transcript of a speech-text pair, end-of-turn tokens excluded), averaged over the modalities in the batch."""
+    from xmm.encoder import EncoderOutput
+
+    m = unwrap(model)
+    labels = batch.labels
+    answer = labels != -100
+    eos = getattr(m.tokenizer, "eos_token_id", None)
+    if eos is not None:
+        answer &= labels != eos
+    lengths = answer.sum(1)
+    losses = []
+    for modality, items in _by_modality(batch).items():
+        bridge = m.bridges[modality] if modality in m.bridges else None
+        if bridge is None or not _accepts(bridge.forward, "target_lengths"):
+            continue
+        enc = EncoderOutput.pad(media_features(model, items))
+        rows = torch.tensor([it.batch_index for it in items], device=lengths.device)
+        out = bridge(enc.features.to(m.device, torch.float32), enc.mask.to(m.device), modality=modality,
+                     target_lengths=lengths[rows])
+        if "cif_quantity" in out.aux:
+            losses.append(out.aux["cif_quantity"])
     if not losses:
         return None
-    if any(v.dim() != 0 for v in losses):
-        raise TrainingError("cif_quantity: expected scalar 'cif_quantity_loss' tensors in model(batch).aux")
     return torch.stack(losses).mean()

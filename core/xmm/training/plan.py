@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from xmm.errors import ConfigError
 from xmm.model.config import LoraSettings, MultimodalConfig
@@ -46,6 +55,10 @@ def check_selector(selector: str) -> str:
     return selector
 
 
+# validated per item, so an error points at the list index (``stages.1.trainable.0``)
+Selector = Annotated[str, AfterValidator(check_selector)]
+
+
 class ObjectiveSpec(_Strict):
     """One objective of a stage: a registered name, its weight in the total loss and keyword parameters."""
 
@@ -65,14 +78,9 @@ class ObjectiveSpec(_Strict):
 class ParamGroup(_Strict):
     """Parameters (by selector) that get their own learning rate / weight decay."""
 
-    params: list[str] = Field(min_length=1)
+    params: list[Selector] = Field(min_length=1)
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
-
-    @field_validator("params")
-    @classmethod
-    def _selectors(cls, v: list[str]) -> list[str]:
-        return [check_selector(s) for s in v]
 
 
 class OptimizerConfig(_Strict):
@@ -127,7 +135,7 @@ class StageConfig(_Strict):
     computes the same thing on 1 or N processes; one optimiser step sees ``batch_size * grad_accum`` examples."""
 
     name: str = ""
-    trainable: list[str] = Field(min_length=1)
+    trainable: list[Selector] = Field(min_length=1)
     data: DataConfig
     objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [ObjectiveSpec(name="lm")], min_length=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -142,11 +150,6 @@ class StageConfig(_Strict):
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     feature_cache: bool = True
     eval: EvalConfig | None = None
-
-    @field_validator("trainable")
-    @classmethod
-    def _selectors(cls, v: list[str]) -> list[str]:
-        return [check_selector(s) for s in v]
 
     @field_validator("objectives", mode="before")
     @classmethod

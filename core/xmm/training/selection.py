@@ -156,7 +156,8 @@ def install_mode_guard(model: nn.Module) -> None:
 
     def train(mode: bool = True) -> nn.Module:
         cls_train(model, mode)
-        enforce_modes(model, mode)
+        if mode:
+            enforce_modes(model, True)
         return model
 
     train._xmm_mode_guard = True  # type: ignore[attr-defined]

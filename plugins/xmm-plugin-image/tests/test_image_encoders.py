@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from xmm.encoder import EncoderOutput
 from xmm.errors import CheckpointError, ConfigError, MediaError, ModelNotFoundError
 from xmm_plugin_image.encoders import create_image_encoder
@@ -62,14 +61,14 @@ def test_efficientnet_layers_and_pooling(photos):
     img = load_image(photos["coffee"])
     pen = create_image_encoder("efficientnet-lite0", layer="penultimate")
     assert pen.output_dim == 320 and pen.encode([img]).features.shape == (1, 49, 320)
-    early = create_image_encoder("efficientnet-lite0", layer=2, image_size=128)
-    assert early.output_dim == 24 and early.encode([img]).features.shape == (1, 32 * 32, 24)  # stride 4
-    pooled = create_image_encoder("efficientnet-lite0", pool_grid=3)
-    full = create_image_encoder("efficientnet-lite0")
+    early = create_image_encoder("efficientnet-lite0", layer=2, image_size=64)
+    assert early.output_dim == 24 and early.encode([img]).features.shape == (1, 16 * 16, 24)  # stride 4
+    pooled = create_image_encoder("efficientnet-lite0", pool_grid=2, image_size=128)
+    full = create_image_encoder("efficientnet-lite0", image_size=128)
     p, f = pooled.encode([img]).features, full.encode([img]).features
-    assert p.shape == (1, 9, 1280)
-    fmap = f.transpose(1, 2).reshape(1, 1280, 7, 7)  # tokens are the 7x7 map in row-major order
-    expected = torch.nn.functional.adaptive_avg_pool2d(fmap, 3).flatten(2).transpose(1, 2)
+    assert p.shape == (1, 4, 1280) and f.shape == (1, 16, 1280)
+    fmap = f.transpose(1, 2).reshape(1, 1280, 4, 4)  # tokens are the 4x4 map in row-major order
+    expected = fmap.reshape(1, 1280, 2, 2, 2, 2).mean(dim=(3, 5)).flatten(2).transpose(1, 2)  # 2x2 block means
     assert torch.allclose(p, expected, atol=1e-5)
     assert pooled.fingerprint() != full.fingerprint()
 
@@ -115,16 +114,20 @@ def test_shared_instances():
 
 # -- timm ------------------------------------------------------------------------------------------------------------
 def test_timm_cnn_tokens_and_preprocessing(photos):
-    enc = create_image_encoder("timm", model_name="resnet18", pretrained=False)
+    kw = {"model_name": "resnet18", "pretrained": False, "image_size": 64}
+    enc = create_image_encoder("timm", **kw)
     assert enc.id == "timm/resnet18" and enc.revision == "random-init-seed0"
-    assert enc.data_config["input_size"] == [3, 224, 224]
-    out = enc.encode([load_image(photos["chelsea"])])
-    assert out.features.shape == (1, 49, 512) and enc.output_dim == 512
+    assert enc.data_config["input_size"] == [3, 64, 64] and enc.data_config["interpolation"] == "bicubic"
+    cat = load_image(photos["chelsea"])
+    out = enc.encode([cat])
+    assert out.features.shape == (1, 2 * 2, 512) and enc.output_dim == 512
     # same seed -> same random weights -> same features (so a feature cache keyed on the revision is valid)
-    again = create_image_encoder("timm", model_name="resnet18", pretrained=False)
-    assert torch.equal(again.encode([load_image(photos["chelsea"])]).features, out.features)
-    pen = create_image_encoder("timm", model_name="resnet18", pretrained=False, layer="penultimate")
-    assert pen.encode([load_image(photos["chelsea"])]).features.shape == (1, 14 * 14, 256)
+    again = create_image_encoder("timm", **kw)
+    assert torch.equal(again.encode([cat]).features, out.features)
+    other = create_image_encoder("timm", seed=1, **kw)
+    assert other.revision == "random-init-seed1" and not torch.equal(other.encode([cat]).features, out.features)
+    pen = create_image_encoder("timm", layer="penultimate", **kw)
+    assert pen.encode([cat]).features.shape == (1, 4 * 4, 256)
 
 
 def test_timm_vit_layers_and_cls(photos):
@@ -150,7 +153,7 @@ def test_timm_local_checkpoint(tmp_path, photos):
     src = timm.create_model("resnet18", pretrained=False)
     path = tmp_path / "resnet18.pth"
     torch.save(src.state_dict(), path)
-    enc = create_image_encoder("timm", model_name="resnet18", checkpoint_path=str(path), seed=123)
+    enc = create_image_encoder("timm", model_name="resnet18", checkpoint_path=str(path), seed=123, image_size=64)
     assert enc.revision.startswith("sha256:")
     x = enc.collate([enc.preprocess(load_image(photos["coffee"]))])["pixel_values"]
     with torch.no_grad():
@@ -231,10 +234,9 @@ def test_hf_errors(hf_models, tmp_path):
         create_image_encoder("hf-vision", model=str(hf_models["root"] / "vit"), dtype="int8")
 
 
-def test_all_encoders_batch_different_image_sizes(effnet, photos):
-    imgs = [load_image(photos[n]) for n in ("astronaut", "rocket", "camera")]
+def test_batches_of_different_image_sizes_match_single_items(effnet, photos):
+    imgs = [load_image(photos[n]) for n in ("rocket", "camera")]  # 640x427 colour, 512x512 greyscale
     out = effnet.encode(imgs)
-    assert out.features.shape == (3, 49, 1280)
-    per_item = [effnet.encode([im]).features for im in imgs]
-    assert all(torch.allclose(out.features[i : i + 1], per_item[i], atol=1e-4) for i in range(3))
+    assert out.features.shape == (2, 49, 1280)
+    assert all(torch.allclose(out.features[i : i + 1], effnet.encode([im]).features, atol=1e-4) for i, im in enumerate(imgs))
     assert np.isfinite(out.features.numpy()).all()

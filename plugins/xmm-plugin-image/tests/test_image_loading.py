@@ -8,7 +8,6 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
 from xmm.errors import ConfigError, CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError, XmmError
 from xmm_plugin_image.loading import ImageLoadConfig, default_load_config, image_fingerprint, load_image
 
@@ -166,6 +165,12 @@ def test_truncated_jpeg_is_corrupt(image_files):
     with pytest.raises(CorruptMediaError) as e:
         load_image(image_files["truncated"])
     assert "truncated.jpg" in str(e.value) and "image input" in str(e.value)
+
+
+def test_lazily_opened_truncated_pil_image_is_corrupt(image_files):
+    lazy = Image.open(image_files["truncated"])  # only the header is read here
+    with pytest.raises(CorruptMediaError, match="truncated.jpg"):
+        load_image(lazy)
 
 
 def test_text_file_named_png_is_corrupt(image_files):

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import MediaTooLargeError, ShapeError
+
 from xmm_plugin_audio.clips import sinusoidal_embeddings, split_clips
 from xmm_plugin_audio.io import AudioClip, AudioLoadConfig, load_audio
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-
 from xmm.bridges.base import validate_config
-from xmm.errors import ModelNotFoundError
+from xmm.errors import ConfigError, ModelNotFoundError
 from xmm.io import sha256_file
+
 from xmm_plugin_audio.clip_encoder import ClipAudioEncoder
 
 
@@ -35,6 +35,9 @@ class HFAudioEncoderConfig(BaseModel):
     clip_seconds: float | None = Field(10.0, gt=0, description="clip length; None = one clip")
     max_seconds: float = Field(600.0, gt=0)
     local_files_only: bool = Field(False, description="never contact the Hub")
+    window_seconds: int | None = Field(
+        None, ge=1, le=30, description="Whisper only: encode windows of this length instead of 30 s (faster, approximate)"
+    )
 
 
 class HFAudioEncoder(ClipAudioEncoder):
@@ -47,12 +50,27 @@ class HFAudioEncoder(ClipAudioEncoder):
         super().__init__(clip_seconds=cfg.clip_seconds, max_seconds=cfg.max_seconds)
         self.config = cfg
         self.feature_extractor, self.model = load_audio_backbone(cfg.model, revision=cfg.revision, local_files_only=cfg.local_files_only)
+        if cfg.window_seconds is not None:
+            self.feature_extractor = shorten_whisper_window(self.feature_extractor, self.model, cfg.window_seconds)
+            if self.clip_seconds is None or self.clip_seconds > cfg.window_seconds:
+                self.max_seconds = min(self.max_seconds, float(cfg.window_seconds))
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.output_dim = _hidden_size(self.model)
         self.id = cfg.model
-        self.revision = cfg.revision or _revision(cfg.model, self.model)
+        self._revision: str | None = cfg.revision
         self._accepts = set(inspect.signature(self.model.forward).parameters)
         self.freeze()
+
+    @property
+    def revision(self) -> str:  # type: ignore[override]
+        """Hub commit, or the sha256 of a local folder's weights (hashed on first use only)."""
+        if self._revision is None:
+            self._revision = _revision(self.config.model, self.model)
+        return self._revision
+
+    @revision.setter
+    def revision(self, value: str) -> None:
+        self._revision = value
 
     def extract(self, clips: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the feature extractor on ``clips`` (each ``[S_i]``) -> the model's batched inputs."""
@@ -62,7 +80,10 @@ class HFAudioEncoder(ClipAudioEncoder):
             kwargs["return_attention_mask"] = True
         if len(arrays) > 1 and not _fixed_length(self.feature_extractor):
             kwargs["padding"] = True
-        inputs = self.feature_extractor(arrays, **kwargs)
+        # feature extractors compute in float32 and may hand torch results to numpy: keep any caller's bf16
+        # autocast (MultimodalLM runs encoders under it) away from them
+        with torch.autocast("cpu", enabled=False):
+            inputs = self.feature_extractor(arrays, **kwargs)
         return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
     def encode_clips(self, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +117,30 @@ class HFAudioEncoder(ClipAudioEncoder):
         return None
 
     def preprocess_config(self) -> dict[str, Any]:
-        return {**super().preprocess_config(), "layer": self.config.layer}
+        return {**super().preprocess_config(), "layer": self.config.layer, "window_seconds": self.config.window_seconds}
+
+
+def shorten_whisper_window(fe: Any, encoder: nn.Module, seconds: int) -> Any:
+    """Make a Whisper encoder take ``seconds``-long windows instead of 30 s: its position table is cut to the first
+    ``seconds * 50`` rows and the feature extractor pads to ``seconds``. Whisper was trained on 30 s windows, so the
+    features differ somewhat from the 30 s ones (whisper.cpp's ``audio_ctx`` does the same); attention over fewer
+    frames makes the encoder several times faster on short utterances. Returns the new feature extractor."""
+    from transformers import WhisperFeatureExtractor
+
+    if not _is_whisper(fe) or not hasattr(encoder, "embed_positions"):
+        raise ConfigError("window_seconds applies to Whisper encoders only", field="window_seconds")
+    positions = seconds * fe.sampling_rate // (fe.hop_length * 2)
+    if positions > encoder.embed_positions.num_embeddings:
+        raise ConfigError(f"window_seconds={seconds} exceeds the model's {encoder.embed_positions.num_embeddings} positions", field="window_seconds")
+    table = nn.Embedding(positions, encoder.embed_positions.embedding_dim)
+    table.weight.data.copy_(encoder.embed_positions.weight.data[:positions])
+    table.requires_grad_(False)
+    encoder.embed_positions = table
+    encoder.config.max_source_positions = positions
+    encoder.max_source_positions = positions
+    return WhisperFeatureExtractor(
+        feature_size=fe.feature_size, sampling_rate=fe.sampling_rate, hop_length=fe.hop_length, chunk_length=seconds, n_fft=fe.n_fft
+    )
 
 
 def load_audio_backbone(name: str, *, revision: str | None = None, local_files_only: bool = False) -> tuple[Any, nn.Module]:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-
 from xmm.errors import CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga")

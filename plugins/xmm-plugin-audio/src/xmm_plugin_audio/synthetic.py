@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from xmm.errors import ConfigError, ModelNotFoundError
 from xmm.io import atomic_write, atomic_write_text
 

@@ -26,7 +26,12 @@ _EXPORTS = {
     "DeviceStatus": "schema", "DeviceWindow": "schema",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "COMMANDS", "DEVICE", "CategoricalFeature", "CommandError", "CommandResult", "DeviceCommand",
+    "DeviceCommandDecoder", "DeviceEncoderConfig", "DeviceStatus", "DeviceTransformerEncoder", "DeviceWindow",
+    "DryRunExecutor", "ExecutionResult", "Executor", "NumericFeature", "__version__", "find_command",
+    "load_window", "make_device_modality", "parse_command",
+]
 
 if TYPE_CHECKING:
     from xmm_plugin_device.commands import COMMANDS, CommandError, DeviceCommand, find_command, parse_command

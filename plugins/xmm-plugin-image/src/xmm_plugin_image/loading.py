@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from xmm.errors import ConfigError, CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
 from xmm.modality import default_fingerprint
 
@@ -68,6 +67,11 @@ def load_image(raw: Any, config: ImageLoadConfig | None = None) -> Image.Image:
     cfg = config or default_load_config()
     if isinstance(raw, Image.Image):
         _check_pixels(raw.size, cfg, raw)
+        try:
+            raw.load()  # an image from Image.open() is decoded lazily: a truncated file fails here
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+            raise CorruptMediaError(f"cannot decode the image's pixels (corrupt or truncated): {e}", source=_pil_source(raw),
+                                    modality=MODALITY) from e
         img = raw
     elif isinstance(raw, np.ndarray):
         _check_pixels((raw.shape[1], raw.shape[0]) if raw.ndim >= 2 else (0, 0), cfg, raw)
@@ -114,6 +118,12 @@ def image_fingerprint(raw: Any) -> str:
 
 
 # -- internals ----------------------------------------------------------------------------------------------------
+def _pil_source(img: Image.Image) -> Any:
+    """The file a lazily opened PIL image came from, when known (for error messages)."""
+    name = getattr(img, "filename", None) or getattr(getattr(img, "fp", None), "name", None)
+    return name if isinstance(name, (str, Path)) and name else img
+
+
 def _read_file(path: Path) -> bytes:
     try:
         data = path.read_bytes()

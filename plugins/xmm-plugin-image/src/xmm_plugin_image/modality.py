@@ -6,6 +6,7 @@ from functools import partial
 from typing import Any
 
 from xmm.modality import ModalitySpec
+
 from xmm_plugin_image.loading import ImageLoadConfig, default_load_config, image_fingerprint, load_image
 
 NAME = "image"
@@ -25,7 +26,7 @@ def image_spec(load_config: ImageLoadConfig | None = None, **overrides: Any) -> 
         "load": partial(load_image, config=cfg),
         "default_encoder": DEFAULT_ENCODER,
         "default_bridge": DEFAULT_BRIDGE,
-        "default_bridge_config": {"num_query_tokens": NUM_QUERY_TOKENS},
+        "default_bridge_config": {"num_queries": NUM_QUERY_TOKENS},  # field names of xmm.bridges.qformer.QFormerConfig
         "num_query_tokens": NUM_QUERY_TOKENS,
         "file_extensions": FILE_EXTENSIONS,
         "description": "still images (PNG/JPEG/WebP/...; PIL images and arrays in memory), EXIF-oriented, 8-bit RGB",

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
-
 from xmm.errors import ConfigError
 from xmm.io import atomic_write, atomic_write_text
 
@@ -76,11 +75,20 @@ def sample_scene(rng: random.Random) -> list[Shape]:
     return scene
 
 
-def render_scene(scene: list[Shape], rng: random.Random) -> Image.Image:
-    """Draw ``scene`` on a light, randomly tinted background: an RGB image of 224x224."""
+def random_background(rng: random.Random) -> tuple[int, int, int]:
+    """A light, slightly tinted background colour."""
+    r, g, b = (rng.randint(225, 250) for _ in range(3))
+    return r, g, b
+
+
+def render_scene(scene: list[Shape], rng: random.Random | None = None, *, background: tuple[int, int, int] | None = None,
+                 size: int = IMAGE_SIZE) -> Image.Image:
+    """Draw ``scene`` (coordinates on a 224 canvas) on ``background`` (default: :func:`random_background`) as an RGB
+    image of ``size`` x ``size``."""
     s = _SUPERSAMPLE
-    bg = tuple(rng.randint(225, 250) for _ in range(3))
-    img = Image.new("RGB", (IMAGE_SIZE * s, IMAGE_SIZE * s), bg)
+    if background is None:
+        background = random_background(rng or random.Random())
+    img = Image.new("RGB", (IMAGE_SIZE * s, IMAGE_SIZE * s), background)
     draw = ImageDraw.Draw(img)
     for sh in scene:
         x, y, h, fill = sh.x * s, sh.y * s, sh.half * s, COLOURS[sh.colour]
@@ -90,7 +98,7 @@ def render_scene(scene: list[Shape], rng: random.Random) -> Image.Image:
             draw.rectangle((x - h, y - h, x + h, y + h), fill=fill)
         else:
             draw.polygon([(x, y - h), (x - h, y + h), (x + h, y + h)], fill=fill)
-    return img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def scene_questions(scene: list[Shape]) -> list[tuple[str, str, str]]:
@@ -134,8 +142,7 @@ def make_shapes_dataset(
         raise ConfigError(f"must be >= 1, got {n_images}", field="n_images")
     if questions_per_image < 1:
         raise ConfigError(f"must be >= 1, got {questions_per_image}", field="questions_per_image")
-    if not split_name or not split_name.replace("-", "_").isidentifier():
-        raise ConfigError(f"must be a simple name like 'train', got {split_name!r}", field="split_name")
+    check_split_name(split_name)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"xmm-shapes:{seed}")
@@ -149,16 +156,17 @@ def make_shapes_dataset(
         meta_scene = [asdict(sh) for sh in scene]
         candidates = scene_questions(scene)
         for task, question, answer in rng.sample(candidates, min(questions_per_image, len(candidates))):
-            qa_lines.append(_example(rel, question, answer, {"task": task, "image_id": i, "split": split_name, "scene": meta_scene}))
-        caption_lines.append(_example(rel, None, scene_caption(scene), {"task": "caption", "image_id": i, "split": split_name}))
+            qa_lines.append(chat_example("image", rel, question, answer, {"task": task, "image_id": i, "split": split_name, "scene": meta_scene}))
+        caption_lines.append(chat_example("image", rel, None, scene_caption(scene), {"task": "caption", "image_id": i, "split": split_name}))
     manifest = out / f"{split_name}.jsonl"
     atomic_write_text(manifest, "\n".join(qa_lines) + "\n")
     atomic_write_text(out / f"{split_name}_captions.jsonl", "\n".join(caption_lines) + "\n")
     return manifest
 
 
-def _example(image_path: str, question: str | None, answer: str, meta: dict[str, Any]) -> str:
-    user: list[dict[str, Any]] = [{"type": "image", "path": image_path}]
+def chat_example(media_type: str, media_path: str, question: str | None, answer: str, meta: dict[str, Any]) -> str:
+    """One JSONL line in the trainer's format: user = [media (+ question)], assistant = answer; ``meta`` on top."""
+    user: list[dict[str, Any]] = [{"type": media_type, "path": media_path}]
     if question is not None:
         user.append({"type": "text", "text": question})
     msg = {
@@ -169,6 +177,12 @@ def _example(image_path: str, question: str | None, answer: str, meta: dict[str,
         "meta": meta,
     }
     return json.dumps(msg, separators=(",", ":"))
+
+
+def check_split_name(split_name: str) -> None:
+    """Split names become file prefixes and manifest names: plain identifiers only."""
+    if not split_name or not split_name.replace("-", "_").isidentifier():
+        raise ConfigError(f"must be a simple name like 'train', got {split_name!r}", field="split_name")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-
 from xmm.errors import ConfigError, MediaError, ShapeError
 
 # which hidden layer to take: "last", "penultimate" (LLaVA's select_layer=-2) or an index into the model's layers

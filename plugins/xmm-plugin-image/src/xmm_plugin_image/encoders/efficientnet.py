@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-
 from xmm.bridges.base import validate_config
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import CheckpointError, MissingDependencyError, ModelNotFoundError
+
 from xmm_plugin_image.encoders.common import (
     LayerChoice,
     ResizeMode,

@@ -17,11 +17,18 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-
 from xmm.bridges.base import validate_config
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import ConfigError, ModelNotFoundError
-from xmm_plugin_image.encoders.common import LayerChoice, as_rgb_image, file_sha256, full_mask, resolve_layer, spatial_to_tokens
+
+from xmm_plugin_image.encoders.common import (
+    LayerChoice,
+    as_rgb_image,
+    file_sha256,
+    full_mask,
+    resolve_layer,
+    spatial_to_tokens,
+)
 
 ENCODER_NAME = "hf-vision"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
