@@ -29,7 +29,6 @@ def sd15_skeleton() -> Any:
     """A ``StableDiffusionPipeline`` with SD 1.5's architecture on the meta device (parameter counts, no weights)."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     from xmm.decoders.tiny import _char_vocab
 
     with torch.device("meta"):

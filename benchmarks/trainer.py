@@ -258,9 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=96, help="images in the synthetic set (a multiple of 16)")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per loop")
     ap.add_argument("--workdir", type=Path, default=None, help="keep data, cache and runs here")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--rss-worker", choices=["frozen", "unfrozen"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("XMM_NO_PROGRESS", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the memory workers
     if args.rss_worker:
         rss_worker(args.workdir, args.workdir / "data", args.rss_worker == "unfrozen")
         return 0

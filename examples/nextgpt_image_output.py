@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "decoder_config": {"pipeline": str(pipeline), "num_inference_steps": 10}}}},
         "stages": {"encoder_alignment": False, "instruction_tuning": False,
                    "decoder_alignment": {"data": {"train": [str(pairs)]}, "max_steps": args.steps, "batch_size": 8,
-                                         "optimizer": {"lr": 2.0e-3}, "schedule": {"type": "constant"}}},
+                                         "optimizer": {"lr": 2.0e-3}, "schedule": {"type": "constant", "warmup_steps": 0}}},
     }
     result = train(plan)
     log = [json.loads(x) for x in (out / "run" / "logs" / "train.jsonl").read_text().splitlines()]

@@ -7,7 +7,6 @@ import pytest
 import torch
 from outputs_support import TINY_PROJECTOR, build_tiny_llm
 from PIL import Image
-
 from xmm.decoders.alignment import alignment_mse, captions_of, decoder_alignment, signal_nll, text_targets
 from xmm.errors import ShapeError, TrainingError
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from xmm.decoders.diffusion import DiffusersDecoder
 from xmm.errors import ConfigError, ModelNotFoundError, ShapeError
 
@@ -71,6 +70,8 @@ def test_loads_a_local_pipeline_folder_and_the_registry_builds_it(tiny_sd, tmp_p
     dec = fresh_registry.create_decoder("diffusers", pipeline=str(tmp_path / "pipe"), num_inference_steps=2)
     assert isinstance(dec, DiffusersDecoder) and dec.condition_shape == (16, 32)
     assert dec.describe()["pipeline"] == str(tmp_path / "pipe")
+    assert dec.rebuild_config() == {"pipeline": str(tmp_path / "pipe"), "num_inference_steps": 2}
+    assert DiffusersDecoder(tiny_sd).rebuild_config() is None
     torch.testing.assert_close(dec.text_condition(["x"]), DiffusersDecoder(tiny_sd).text_condition(["x"]))
     assert fresh_registry.owner("decoders", "diffusers") == "xmm-core"
 
@@ -143,3 +144,13 @@ def test_text_to_video_generates_frames(tmp_path):
     assert np.asarray(frames).shape == (3, 32, 32, 3)
     path = dec.save_output(frames, tmp_path / "clip")
     assert path.suffix in {".mp4", ".gif"} and path.stat().st_size > 0
+
+
+def test_missing_diffusers_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from xmm.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"xmm-core\[diffusers\]"):
+        DiffusersDecoder(pipeline=str(tmp_path))

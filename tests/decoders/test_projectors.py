@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from xmm.errors import CheckpointError, ConfigError, ShapeError
 from xmm.projectors import PROJECTORS
 from xmm.projectors.base import Projector, create_projector

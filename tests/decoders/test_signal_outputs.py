@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from outputs_support import build_tiny_llm
-
 from xmm.errors import ConfigError, IncompatibleCheckpointError
 from xmm.model.outputs import OutputConfig, find_signal_groups, gather_signal_states
 
@@ -118,6 +117,11 @@ def test_missing_decoder_config_says_how_to_fix(tiny_llm):
     with pytest.raises(ConfigError) as e:
         MultimodalLM.from_config({"modalities": {}, "device": "cpu", "outputs": {"image": {"decoder": "nope"}}}, llm=tiny_llm)
     assert e.value.field == "outputs.image.decoder"
+    with pytest.raises(ConfigError) as e:
+        MultimodalLM.from_config({"modalities": {}, "device": "cpu",
+                                  "outputs": {"image": {"decoder": "diffusers", "decoder_config": {"pipeline": object()}}}},
+                                 llm=tiny_llm)
+    assert e.value.field == "outputs.image.decoder_config.pipeline" and "decoders=" in str(e.value)
 
 
 def test_checkpoint_roundtrip_with_outputs(image_model, tiny_llm, image_decoder, tmp_path):
@@ -182,3 +186,34 @@ def test_save_produced_names_files_and_skips_non_media(tmp_path, image_decoder):
                            "device": [ProducedOutput("device", "reboot()", Decoder())]}, tmp_path)
     assert [p.name if p else None for _, p in saved] == ["xmm-image-1.png", "xmm-image-2.png", None]
     assert (tmp_path / "xmm-image-0.png").read_bytes() == b"taken"  # never overwritten
+
+
+def test_device_command_decoder_plugs_in_as_a_text_output(tiny_llm):
+    """The device plugin's command decoder uses the same Decoder interface: answers that are commands come out as
+    results, other answers produce nothing."""
+    pytest.importorskip("xmm_plugin_device")
+    from xmm.model.multimodal import MultimodalLM
+    from xmm.model.outputs import decode_generated
+
+    m = MultimodalLM.from_config({"modalities": {}, "device": "cpu", "outputs": {"device": {"decoder": "device-command"}}},
+                                 llm=tiny_llm)
+    assert m.decoder_specs["device"]["input_kind"] == "text" and m.decoder_specs["device"]["signal_tokens"] == []
+    rows = decode_generated(m, None, [[1], [2]], ["set_brightness(level=50)", "hello there"])
+    assert rows[1] == {}
+    (item,) = rows[0]["device"]
+    assert item.value.command is not None and item.value.command.level == 50
+
+
+def test_decoder_from_a_pipeline_folder_is_rebuilt_on_load(smollm2_tokenizer_path, tiny_sd, tmp_path):
+    from outputs_support import TINY_PROJECTOR
+    from xmm.decoders.diffusion import DiffusersDecoder
+    from xmm.model.multimodal import MultimodalLM
+
+    tiny_sd.save_pretrained(tmp_path / "pipe")
+    dec = DiffusersDecoder(pipeline=str(tmp_path / "pipe"), num_inference_steps=2)
+    cfg = {"modalities": {}, "device": "cpu", "outputs": {"image": {"decoder": "diffusers", "projector": TINY_PROJECTOR}}}
+    m = MultimodalLM.from_config(cfg, llm=build_tiny_llm(smollm2_tokenizer_path), decoders={"image": dec})
+    assert m.config.outputs["image"].decoder_config == {"pipeline": str(tmp_path / "pipe"), "num_inference_steps": 2}
+    m.save_pretrained(tmp_path / "ck")
+    m2 = MultimodalLM.from_pretrained(tmp_path / "ck", llm=build_tiny_llm(smollm2_tokenizer_path))
+    assert m2.decoders["image"].source == str(tmp_path / "pipe") and m2.decoders["image"].config.num_inference_steps == 2

@@ -142,6 +142,17 @@ def test_bridge_config_errors(registry, tiny_llm, tiny_config) -> None:
         MultimodalLM.from_config(tiny_config(modalities={"smell": {}}), llm=tiny_llm, registry=registry)
 
 
+def test_text_branch_vocabulary_defaults_to_the_tokenizer(registry, tiny_llm, tiny_config) -> None:
+    # the trainer feeds LLM token ids to the Q-Former's stage-1 text branch, so its vocabulary must cover them
+    qformer = {"type": "qformer", "num_queries": 2, "num_layers": 2, "hidden_size": 16, "num_heads": 2,
+               "intermediate_size": 32, "text_branch": True}
+    model = MultimodalLM.from_config(tiny_config(modalities={"image": {"bridge": qformer}}), llm=tiny_llm, registry=registry)
+    assert model.bridges["image"].config.vocab_size == tiny_llm[0].config.vocab_size
+    explicit = MultimodalLM.from_config(tiny_config(modalities={"image": {"bridge": {**qformer, "vocab_size": 99}}}),
+                                        llm=tiny_llm, registry=registry)
+    assert explicit.bridges["image"].config.vocab_size == 99
+
+
 def test_named_components_and_trainable_encoder(registry, tiny_llm, tiny_config) -> None:
     cfg = tiny_config(modalities={"device": {}, "image": {"bridge": {"type": "linear"}}},
                       signal_tokens=["<sig0>", "<sig1>"], lora={"r": 2, "alpha": 4})

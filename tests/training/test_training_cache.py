@@ -87,5 +87,6 @@ def test_provider_serves_hits_and_bypasses_trained_encoders(tmp_path: Path, tiny
     assert VecEncoder.calls == before + 4 + 4  # only the direct encode_media call above ran the encoder
     # an encoder that is being trained never uses the cache
     tiny_model.encoders["vec"].unfreeze()
+    provider.reset()  # what the loop does when a stage starts
     assert not provider.cacheable("vec") and not provider.is_hit(batch.media[0])
     tiny_model.encoders["vec"].freeze()

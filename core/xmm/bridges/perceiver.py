@@ -181,7 +181,7 @@ class PerceiverBridge(Bridge):
         offsets = offsets.expand(m, f, -1)
         if isinstance(proj, nn.Identity) and not features.requires_grad:
             # frozen media: normalise once for all layers, skip the media's input-gradient matmuls (see _frozen.py)
-            media = features.reshape(n, f * t, -1)
+            media = x.reshape(n, f * t, -1)
             per_item = offsets[None].expand(b, m, f, -1).reshape(n, f, -1)
             eps = self.layers[0].attn.norm_media.eps
             kvs = offset_norm_projections(
@@ -191,10 +191,9 @@ class PerceiverBridge(Bridge):
             for layer, kv in zip(self.layers, kvs):
                 latents = layer(None, latents, attn_mask, kv)
         else:
-            x = proj(features) + offsets[None, :, :, None, :].to(features.dtype)
-            x = x.reshape(n, f * t, -1)
+            h = (proj(x) + offsets[None, :, :, None, :].to(x.dtype)).reshape(n, f * t, -1)
             for layer in self.layers:
-                latents = layer(x, latents, attn_mask)
+                latents = layer(h, latents, attn_mask)
         out = self.out_proj(self.norm(latents)).reshape(b, m * q, -1)
         item_valid = valid.reshape(b, m, f * t).any(dim=-1)  # a media slot with no token gives masked latents
         return BridgeOutput(out, item_valid[:, :, None].expand(b, m, q).reshape(b, m * q))

@@ -110,8 +110,8 @@ class DiffusersDecoder(Decoder):
             pipe.set_progress_bar_config(disable=True)
         self.modality = self.config.modality or _infer_modality(pipe)
         self.id = f"diffusers:{type(pipe).__name__}"
-        config = getattr(pipe, "config", None) or {}
-        self.revision = str(config.get("_name_or_path") or self.source or "in-memory")
+        pipe_config = getattr(pipe, "config", None) or {}
+        self.revision = str(pipe_config.get("_name_or_path") or self.source or "in-memory")
         self._uncond: torch.Tensor | None = None
         self._flat_embeds = False  # True when the pipeline takes [B, D] (AudioLDM), not [B, T, D]
 
@@ -234,6 +234,12 @@ class DiffusersDecoder(Decoder):
     def num_parameters(self) -> int:
         """All (frozen) parameters of the pipeline's modules."""
         return sum(p.numel() for m in self._modules_of_pipeline() for p in m.parameters())
+
+    def rebuild_config(self) -> dict[str, Any] | None:
+        """Keyword arguments that rebuild this decoder from the registry (``None`` for an in-memory pipeline)."""
+        if self.source is None:
+            return None
+        return {"pipeline": self.source, **self.config.model_dump(mode="json", exclude={"pipeline"}, exclude_defaults=True)}
 
     def describe(self) -> dict[str, Any]:
         """JSON-able record for checkpoint manifests (the pipeline source is recorded when it was a path/id)."""

@@ -178,7 +178,7 @@ class MultimodalLM(nn.Module):
             _adopt_llm(model)
             model.to(device)
         hidden = int(model.get_input_embeddings().weight.shape[1])
-        bridges, bridge_names = _build_bridges(cfg, specs, encoders, hidden, reg)
+        bridges, bridge_names = _build_bridges(cfg, specs, encoders, hidden, reg, vocab=int(model.config.vocab_size))
         self = cls(model, tok, info, cfg, specs, encoders, {m: b.to(device) for m, b in bridges.items()},
                    bridge_names=bridge_names, plugins=plugins)
         placeholders = [s.placeholder for s in specs.values()]
@@ -560,9 +560,12 @@ def _bridge_fields(reg: Any, btype: str) -> set[str]:
 
 
 def _build_bridges(
-    cfg: MultimodalConfig, specs: Mapping[str, ModalitySpec], encoders: Mapping[str, Encoder], hidden: int, reg: Any
+    cfg: MultimodalConfig, specs: Mapping[str, ModalitySpec], encoders: Mapping[str, Encoder], hidden: int, reg: Any,
+    *, vocab: int,
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """One bridge per modality, or one shared module per ``shared_bridges`` entry, dims filled in."""
+    """One bridge per modality, or one shared module per ``shared_bridges`` entry, dims filled in. A bridge with a
+    text branch (the Q-Former's stage-1 objectives) is fed the LLM tokenizer's ids, so its vocabulary defaults to
+    the tokenizer's size."""
     bridges: dict[str, nn.Module] = {}
     names: dict[str, str] = {}
     shared: dict[str, nn.Module] = {}
@@ -586,6 +589,8 @@ def _build_bridges(
                 fields = _bridge_fields(reg, data["type"])
                 if "modalities" in fields:
                     data.setdefault("modalities", users)
+                if "vocab_size" in fields and data.get("text_branch"):
+                    data.setdefault("vocab_size", vocab)
                 shared[sname] = _create_bridge(reg, data, f"shared_bridges.{sname}")
             bridges[name], names[name] = shared[sname], sname
             continue
@@ -603,6 +608,8 @@ def _build_bridges(
             if qfield in fields:
                 data.setdefault(qfield, spec.num_query_tokens)
                 break
+        if "vocab_size" in fields and data.get("text_branch"):
+            data.setdefault("vocab_size", vocab)
         bridges[name], names[name] = _create_bridge(reg, data, f"modalities.{name}.bridge"), name
     return bridges, names
 

@@ -138,6 +138,7 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
         if modality in model.decoders:
             raise ConfigError(f"output '{modality}' is already attached", field=f"outputs.{modality}")
         decoder = decoders.pop(modality, None)
+        _check_json(config.decoder_config, f"outputs.{modality}.decoder_config", modality)
         if decoder is None:
             if registry is None:
                 from xmm.registry import get_registry
@@ -153,6 +154,15 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
                     f"pipeline: a local pipeline folder) or pass a ready one: decoders={{'{modality}': ...}}",
                     field=f"outputs.{modality}.decoder_config",
                 ) from e
+        elif not config.decoder_config and getattr(decoder, "rebuild_config", None) is not None:
+            # a ready decoder that knows how it was made (e.g. a pipeline folder): record that in the model config,
+            # so a checkpoint can rebuild it without being handed the object again
+            rebuilt = decoder.rebuild_config()
+            if rebuilt:
+                config = config.model_copy(update={"decoder_config": rebuilt})
+                if modality in getattr(model.config, "outputs", {}):
+                    outs = {**model.config.outputs, modality: config}
+                    model.config = model.config.model_copy(update={"outputs": outs})
         if not isinstance(decoder, nn.Module):
             raise ConfigError(f"decoder for '{modality}' is a {type(decoder).__name__}, not an xmm Decoder", field=f"outputs.{modality}.decoder")
         kind = getattr(decoder, "input_kind", "conditioning")
@@ -177,6 +187,21 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
         }
     if decoders:
         raise ConfigError(f"decoders given for outputs that are not configured: {sorted(decoders)}", field="outputs")
+
+
+def _check_json(data: dict[str, Any], where: str, modality: str) -> None:
+    # the config is written into checkpoints as JSON; objects (a pipeline in memory) belong in decoders=
+    import json
+
+    for key, value in data.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"{type(value).__name__} is not a plain value (the config is saved as JSON); pass ready objects as "
+                f"decoders={{'{modality}': DiffusersDecoder(pipeline)}} instead",
+                field=f"{where}.{key}",
+            ) from e
 
 
 def _build_projector(modality: str, config: OutputConfig, decoder: Any, hidden_size: int, num_tokens: int) -> nn.Module:

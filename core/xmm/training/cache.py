@@ -171,13 +171,20 @@ class CachedFeatureProvider:
         self.cache = cache
         self.compute = compute
         self._fingerprints: dict[str, dict[str, Any]] = {}
+        self._cacheable: dict[str, bool] = {}
+
+    def reset(self) -> None:
+        """Forget which encoders are frozen (call when a stage changes what is trained)."""
+        self._cacheable.clear()
 
     def cacheable(self, modality: str) -> bool:
-        enc = self.model.encoders[modality] if modality in self.model.encoders else None
-        if enc is None:
-            return False
-        frozen = getattr(enc, "frozen", True)
-        return bool(frozen) and not any(p.requires_grad for p in enc.parameters())
+        """True when ``modality``'s encoder is frozen (no parameter with ``requires_grad``); memoised per stage."""
+        if modality not in self._cacheable:
+            enc = self.model.encoders[modality] if modality in self.model.encoders else None
+            self._cacheable[modality] = enc is not None and bool(getattr(enc, "frozen", True)) and not any(
+                p.requires_grad for p in enc.parameters()
+            )
+        return self._cacheable[modality]
 
     def key(self, item: Any) -> str:
         fp = self._fingerprints.get(item.modality)

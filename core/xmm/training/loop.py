@@ -455,6 +455,7 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
     if stage.mixed_precision != "auto":
         model.config = model.config.model_copy(update={"autocast": "bf16" if stage.mixed_precision == "bf16" else "off"})
     model.feature_provider = provider if use_cache else None
+    provider.reset()  # this stage's trainable encoders bypass the cache
     if use_cache:
         cache.refresh()
     if stage.gradient_checkpointing:

@@ -73,7 +73,7 @@ def register_objective(
         ) == getattr(f, "__module__", None)
         if old is not None and not (replace or same):
             raise ConfigError(f"objective '{name}' is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
-        doc = description or (f.__doc__ or "").strip().splitlines()[0] if (description or f.__doc__) else ""
+        doc = description or next(iter((f.__doc__ or "").strip().splitlines()), "")
         _OBJECTIVES[name] = Objective(name, f, needs_output or needs_hidden_states, needs_hidden_states, doc, token_mean)
         return f
 

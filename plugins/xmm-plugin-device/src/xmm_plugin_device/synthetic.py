@@ -117,11 +117,13 @@ class _State:
 
 
 def _random_state(rng: random.Random) -> _State:
-    network = rng.choice(NETWORK_TYPES) if rng.random() < 0.3 else rng.choice(("wifi", "4g", "5g"))
+    # marginals roughly balanced for every yes/no question, so that the questions a window was not steered for
+    # (other turns of a multi-turn example) are not lopsided either
+    network = rng.choice(NETWORK_TYPES)
     return _State(
-        level=_battery(rng, 1, 100),
-        charging=rng.random() < 0.3,
-        temp=_temp(rng, hot=rng.random() < 0.2),
+        level=_battery(rng, 1, 18) if rng.random() < 0.4 else _battery(rng, 22, 100),
+        charging=rng.random() < 0.45,
+        temp=_temp(rng, hot=rng.random() < 0.35),
         cpu=round(rng.uniform(2, 100)),
         memory=_memory(rng, high=rng.random() < 0.15),
         total_gb=rng.choice((32.0, 64.0, 128.0, 256.0, 512.0)),
@@ -316,11 +318,24 @@ class GenerationReport:
         }
 
 
-def _message(path: str, text: str | None, answer: str) -> list[dict[str, Any]]:
-    user: list[dict[str, Any]] = [{"type": "device", "path": path}]
-    if text is not None:
-        user.append({"type": "text", "text": text})
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+def _message(path: str, turns: Sequence[tuple[str | None, str]]) -> list[dict[str, Any]]:
+    """User/assistant messages: the device part opens the first user turn; ``turns`` = (question, answer) pairs."""
+    messages: list[dict[str, Any]] = []
+    for i, (question, answer) in enumerate(turns):
+        user: list[dict[str, Any]] = [{"type": "device", "path": path}] if i == 0 else []
+        if question is not None:
+            user.append({"type": "text", "text": question})
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return messages
+
+
+def _more_turns(rng: random.Random, ex: Example, tasks: Sequence[str], turns: int) -> list[tuple[str, str, str]]:
+    """(task, question, answer) for the example's own task plus ``turns - 1`` other tasks, in random order."""
+    others = rng.sample([t for t in tasks if t != ex.task], min(turns - 1, len(tasks) - 1))
+    out = [(ex.task, ex.question, ex.answer)]
+    out += [(t, rng.choice(QUESTIONS[t]), rules.answer(t, ex.window)) for t in others]
+    rng.shuffle(out)
+    return out
 
 
 def generate(
@@ -331,12 +346,19 @@ def generate(
     split: str = "train",
     tasks: Sequence[str] = TASKS,
     captions: bool = True,
+    turns: int = 1,
     jsonl_fraction: float = 0.2,
 ) -> GenerationReport:
     """Write ``n`` examples: telemetry files under ``out_dir/split/``, the question manifest ``out_dir/split.jsonl``
-    and (``captions``) the alignment manifest ``out_dir/split_captions.jsonl``. Deterministic in (seed, split)."""
+    and (``captions``) the alignment manifest ``out_dir/split_captions.jsonl``. Deterministic in (seed, split).
+
+    ``turns > 1`` makes each example a conversation of that many questions (distinct tasks) about one window, as
+    LLaVA packs an image's questions: one pass over the device tokens then trains several answers. Evaluation
+    manifests should keep ``turns=1`` (the score reads the last answer of each line)."""
     if n < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
+    if not 1 <= turns <= len(tasks):
+        raise ValueError(f"turns must be between 1 and the number of tasks ({len(tasks)}), got {turns}")
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown device tasks {unknown}; known: {', '.join(TASKS)}")
@@ -353,10 +375,14 @@ def generate(
         else:
             body = json.dumps({"snapshots": ex.snapshots} if rng.random() < 0.5 else ex.snapshots, indent=1) + "\n"
         atomic_write_text(out_dir / rel, body)
-        meta = {"task": ex.task, "split": split, "index": i, "fingerprint": ex.window.fingerprint()}
-        qa_lines.append(json.dumps({"messages": _message(rel, ex.question, ex.answer), "meta": meta}))
-        cap_lines.append(json.dumps({"messages": _message(rel, None, ex.caption), "meta": {**meta, "task": "caption"}}))
-        report.answers.setdefault(ex.task, Counter())[ex.answer] += 1
+        qa = _more_turns(rng, ex, tasks, turns) if turns > 1 else [(ex.task, ex.question, ex.answer)]
+        meta: dict[str, Any] = {"task": qa[-1][0], "split": split, "index": i, "fingerprint": ex.window.fingerprint()}
+        if turns > 1:
+            meta["tasks"] = [t for t, _, _ in qa]
+        qa_lines.append(json.dumps({"messages": _message(rel, [(q, a) for _, q, a in qa]), "meta": meta}))
+        cap_lines.append(json.dumps({"messages": _message(rel, [(None, ex.caption)]), "meta": {**meta, "task": "caption"}}))
+        for task, _, answer in qa:
+            report.answers.setdefault(task, Counter())[answer] += 1
     atomic_write_text(report.manifest, "\n".join(qa_lines) + "\n")
     if report.captions is not None:
         atomic_write_text(report.captions, "\n".join(cap_lines) + "\n")
@@ -371,10 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="train", help="split name: file prefix and part of the seed")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--no-captions", action="store_true", help="do not write the alignment (caption) manifest")
+    p.add_argument("--turns", type=int, default=1, help="questions per example (a conversation about one window)")
     args = p.parse_args(argv)
     try:
         report = generate(args.out, n=args.n, seed=args.seed, split=args.split,
-                          tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], captions=not args.no_captions)
+                          tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], captions=not args.no_captions,
+                          turns=args.turns)
     except ValueError as e:
         p.error(str(e))
     print(json.dumps(report.as_dict(), indent=2))
