@@ -27,8 +27,10 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 
+# several tests start worker processes (torchrun, subprocess CLIs) on the same 2 cores: passive OpenMP waiting keeps
+# them from spinning against each other
 test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/xmm demo

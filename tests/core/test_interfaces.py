@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import (
     ConfigError,

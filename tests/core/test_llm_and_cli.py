@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 import xmm
 from xmm import llm
 from xmm.errors import ModelNotFoundError

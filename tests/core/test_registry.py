@@ -6,7 +6,6 @@ import types
 
 import pytest
 import torch
-
 from xmm import hookimpl
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import PluginError, RegistryError

@@ -47,7 +47,7 @@ def test_push_to_hub_uploads_trained_parts_and_card(trained_model, fake_hub, tmp
     bridge = load_file(uploaded / "bridges/smell/model.safetensors")
     for k, v in trained_model.bridges["smell"].state_dict().items():
         assert torch.equal(bridge[k], v)
-    assert set(load_file(uploaded / "lora/adapter_model.safetensors")) == set(trained_model.lora_parameters())
+    assert set(load_file(uploaded / "lora/adapter_model.safetensors")) == set(trained_model.lora_state_dict())
     # the upload is small: nothing of the size of the LLM's embedding matrix
     total = sum((uploaded / f).stat().st_size for f in files_under(uploaded))
     emb = trained_model.llm.get_input_embeddings().base.weight

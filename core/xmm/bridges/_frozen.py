@@ -84,9 +84,8 @@ class _OffsetNormProjections(torch.autograd.Function):
         g = offsets.shape[1]
         with torch.autocast(media.device.type, enabled=False):
             x = (media.float().view(n, g, s // g, d) + offsets.float()[:, :, None]).view(n, s, d)
-            var, mean = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)
-            rstd = torch.rsqrt(var + eps)
-            xhat = ((x - mean) * rstd).to(dtype)
+            xhat, _, rstd = torch.native_layer_norm(x, [d], None, None, eps)  # one pass, and 1/std for backward
+            xhat = xhat.to(dtype)
             outs = []
             for i in range(0, len(params), 3):
                 gamma, beta, weight = params[i : i + 3]

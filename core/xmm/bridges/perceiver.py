@@ -88,13 +88,16 @@ class PerceiverAttention(nn.Module):
         ``[N, 1, 1, S + Q]`` -> ``[N, Q, dim]``."""
         n = latents.shape[0]
         lat = self.norm_latents(latents)
-        q = split_heads(self.to_q(lat), self.heads)
         if media_kv is None:
             assert x is not None
+            q = split_heads(self.to_q(lat), self.heads)
             kv = self.to_kv(torch.cat([self.norm_media(x), lat], dim=1))
         else:
-            lat_kv = self.to_kv(lat)
-            kv = torch.cat([media_kv.to(lat_kv.dtype), lat_kv], dim=1)
+            # the latents' queries, keys and values in one matmul (the media's keys/values come precomputed)
+            qkv = F.linear(lat, torch.cat([self.to_q.weight, self.to_kv.weight], dim=0))
+            inner = self.to_q.out_features
+            q = split_heads(qkv[..., :inner], self.heads)
+            kv = torch.cat([media_kv.to(qkv.dtype), qkv[..., inner:]], dim=1)
         k, v = kv.view(n, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         return self.to_out(merge_heads(attend(q, k, v, mask)))
 

@@ -36,20 +36,38 @@ def test_featurize_scales_flags_deltas_and_times(make_snapshot):
     assert app_first == 2 + 4 + 0 and 2 <= app_unknown < 6  # "maps" row; an unknown app lands in a hash bucket
 
 
-def test_forward_shapes_masks_and_padding_invariance(make_snapshot, one_thread):
+def test_feature_layout_shapes_and_padding_invariance(make_snapshot, one_thread):
     torch.manual_seed(0)
     enc = DeviceTransformerEncoder(d_model=32, num_heads=4, num_layers=2).eval()
+    n_tokens = 1 + len(enc.numeric_specs) + len(enc.categorical_specs)  # window token + one per feature
     short, long = _win(make_snapshot, [50, 49]), _win(make_snapshot, [60, 58, 57, 55, 54])
     both = enc.encode([short, long])
-    assert both.features.shape == (2, 6, 32) and enc.output_dim == 32
+    assert both.features.shape == (2, n_tokens, 32) and enc.output_dim == 32 and both.mask.all()
+    alone = enc.encode([short])
+    torch.testing.assert_close(alone.features[0], both.features[0], atol=1e-5, rtol=1e-5)
+    # the battery token reflects the latest level: a different latest value changes it
+    other = enc.encode([_win(make_snapshot, [50, 10])])
+    battery = 1 + [s.name for s in enc.numeric_specs].index("battery_level")
+    assert not torch.allclose(other.features[0, battery], alone.features[0, battery])
+    with_snaps = DeviceTransformerEncoder(d_model=32, num_heads=4, snapshot_tokens=True).encode([short, long])
+    assert with_snaps.features.shape == (2, n_tokens + 5, 32)
+    assert with_snaps.mask.sum(1).tolist() == [n_tokens + 2, n_tokens + 5]
+
+
+def test_snapshot_layout_shapes_masks_and_padding_invariance(make_snapshot, one_thread):
+    torch.manual_seed(0)
+    enc = DeviceTransformerEncoder(layout="snapshots", d_model=32, num_heads=4, num_layers=2).eval()
+    short, long = _win(make_snapshot, [50, 49]), _win(make_snapshot, [60, 58, 57, 55, 54])
+    both = enc.encode([short, long])
+    assert both.features.shape == (2, 6, 32)
     assert both.mask.tolist() == [[True] * 3 + [False] * 3, [True] * 6]
     assert both.features[0, 3:].abs().sum() == 0
     alone = enc.encode([short])
     assert alone.features.shape == (1, 3, 32)
     torch.testing.assert_close(alone.features[0], both.features[0, :3], atol=1e-5, rtol=1e-5)
-    summary_only = DeviceTransformerEncoder(d_model=32, snapshot_tokens=False).encode([short, long])
+    summary_only = DeviceTransformerEncoder(layout="snapshots", d_model=32, snapshot_tokens=False).encode([short, long])
     assert summary_only.features.shape == (2, 1, 32) and summary_only.mask.all()
-    per_snapshot = DeviceTransformerEncoder(d_model=32, summary_token=False).encode([short, long])
+    per_snapshot = DeviceTransformerEncoder(layout="snapshots", d_model=32, summary_token=False).encode([short, long])
     assert per_snapshot.mask.sum(1).tolist() == [2, 5]
 
 
@@ -101,7 +119,7 @@ def test_user_fields_are_featurised(make_snapshot):
     item = enc.preprocess(w)
     assert item["numeric"][0, -1].item() == pytest.approx(0.5) and item["present"][0, -1] == 1
     assert item["categorical"][0, -1].item() == 2 + 1  # second declared value
-    assert enc.encode([w]).features.shape == (1, 2, 16)
+    assert enc.encode([w]).features.shape == (1, 1 + len(enc.numeric_specs) + len(enc.categorical_specs), 16)
     assert enc.preprocess(make_snapshot())["present"][0, -1] == 0  # the field is absent there
 
 
@@ -128,6 +146,10 @@ def test_config_errors_name_the_field():
         DeviceTransformerEncoder(d_model=30, num_heads=4)
     with pytest.raises(ConfigError, match="colour"):
         DeviceTransformerEncoder(colour="red")
+    with pytest.raises(ConfigError, match="at least one of"):
+        DeviceTransformerEncoder(layout="snapshots", summary_token=False, snapshot_tokens=False)
+    with pytest.raises(ConfigError, match="layout"):
+        DeviceTransformerEncoder(layout="pixels")
     with pytest.raises(ConfigError, match="unique"):
         DeviceTransformerEncoder(extra_numeric=[{"name": "battery_level", "path": "x"}])
     with pytest.raises(ConfigError, match="greater than min"):

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=10, help="Whisper window in seconds (30 = the encoder default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text", type=Path, action="append", default=[], help="prose files mixed into the sentences")
+    ap.add_argument("--digits", action="store_true", help="digit strings only: a small-vocabulary sanity task")
     args = ap.parse_args()
 
     from xmm.model import MultimodalLM
@@ -63,7 +64,7 @@ def main() -> None:
 
     out = args.out_dir.resolve()
     data = out / "data"
-    text = [a for t in args.text for a in ("--text", str(t))]
+    text = [a for t in args.text for a in ("--text", str(t))] + (["--digits"] if args.digits else [])
     if not (data / "train.jsonl").exists():
         synthetic.main([str(data), "--n", str(args.train), "--seed", str(args.seed), "--split", "train", "--librivox", *text])
         synthetic.main([str(data), "--n", str(args.test), "--seed", str(args.seed + 1), "--split", "test",

@@ -14,6 +14,7 @@ from xmm_plugin_speech.synthetic import (
     ALSA_SOUNDS,
     LIBRIVOX_DIR,
     alsa_words_manifest,
+    digit_strings,
     espeak_binary,
     generate_sentences,
     librivox_manifest,
@@ -30,6 +31,9 @@ def test_sentence_grammar_and_prose() -> None:
     assert a == generate_sentences(50, 1) and a != b
     assert len(set(a)) > 45 and all(s == s.lower() and s.replace(" ", "").isalpha() for s in a)
     assert any(s.split()[0] in {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"} for s in a)
+    digits = digit_strings(20, 0)
+    assert digits == digit_strings(20, 0) and all(2 <= len(d.split()) <= 4 for d in digits)
+    assert set(" ".join(digits).split()) <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
     prose = "It was a dark and stormy night. The rain fell in torrents, except at occasional intervals!"
     assert sentences_from_text(prose) == ["it was a dark and stormy night", "the rain fell in torrents except at occasional intervals"]
 

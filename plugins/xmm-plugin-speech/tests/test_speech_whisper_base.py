@@ -35,7 +35,7 @@ def test_converted_whisper_transcribes_librivox(whisper_home: Path) -> None:
     from xmm.training.metrics import wer
 
     path = whisper_ct2.whisper_base_dir(home=whisper_home)
-    assert path.name == f"whisper-base-{whisper_ct2.JOINED_SHA256[:12]}"
+    assert path.name == f"whisper-base-{whisper_ct2.JOINED_SHA256[:12]}-c{whisper_ct2.CONVERTER_VERSION}"
     model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     fe, tok = WhisperFeatureExtractor.from_pretrained(path), WhisperTokenizer.from_pretrained(path)
     assert model.config.d_model == 512 and model.config.encoder_layers == 6 and len(tok) == 51865

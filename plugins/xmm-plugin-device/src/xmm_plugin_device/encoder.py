@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,7 +38,7 @@ from xmm_plugin_device.schema import DeviceWindow
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ARCH_VERSION = 1
+ARCH_VERSION = 2
 # changes between snapshots are small next to the [0, 1] value range (a 5-point battery drop is 0.05); scaling them
 # up lets the optimiser pick them up as fast as the values themselves
 CHANGE_SCALE = 10.0
@@ -45,10 +46,16 @@ CHANGE_SCALE = 10.0
 
 class DeviceEncoderConfig(BaseModel):
     """Settings of :class:`DeviceTransformerEncoder`. ``numeric``/``categorical`` replace the default feature
-    sets when given; ``extra_numeric``/``extra_categorical`` add user fields to them."""
+    sets when given; ``extra_numeric``/``extra_categorical`` add user fields to them.
+
+    ``layout="features"`` (default): one token per feature (FT-Transformer style) summarising it over the window
+    (latest value, its bins, change first->latest, min, max) plus one window token; ``snapshot_tokens`` appends one
+    token per snapshot. ``layout="snapshots"``: one token per snapshot, with a summary token first when
+    ``summary_token``."""
 
     model_config = ConfigDict(extra="forbid")
 
+    layout: Literal["features", "snapshots"] = "features"
     d_model: int = Field(default=128, ge=8, le=4096)
     num_layers: int = Field(default=2, ge=0, le=24)
     num_heads: int = Field(default=4, ge=1)
@@ -57,7 +64,7 @@ class DeviceEncoderConfig(BaseModel):
     max_snapshots: int = Field(default=32, ge=1, le=4096)
     numeric_bins: int = Field(default=8, ge=0, le=64, description="piecewise-linear bins per numeric feature (0: off)")
     summary_token: bool = True
-    snapshot_tokens: bool = True
+    snapshot_tokens: bool | None = Field(default=None, description="default: False for 'features', True for 'snapshots'")
     numeric: list[NumericFeature] | None = None
     categorical: list[CategoricalFeature] | None = None
     extra_numeric: list[NumericFeature] = Field(default_factory=list)
@@ -67,7 +74,7 @@ class DeviceEncoderConfig(BaseModel):
     def _consistent(self) -> DeviceEncoderConfig:
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        if not (self.summary_token or self.snapshot_tokens):
+        if self.layout == "snapshots" and not (self.summary_token or self.use_snapshot_tokens):
             raise ValueError("at least one of summary_token and snapshot_tokens must be true")
         names = [f.name for f in self.numeric_features] + [f.name for f in self.categorical_features]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -76,6 +83,10 @@ class DeviceEncoderConfig(BaseModel):
         if not self.numeric_features and not self.categorical_features:
             raise ValueError("the encoder needs at least one numeric or categorical feature")
         return self
+
+    @property
+    def use_snapshot_tokens(self) -> bool:
+        return self.layout == "snapshots" if self.snapshot_tokens is None else self.snapshot_tokens
 
     @property
     def numeric_features(self) -> list[NumericFeature]:
@@ -89,7 +100,11 @@ class DeviceEncoderConfig(BaseModel):
 
 
 class DeviceTransformerEncoder(Encoder):
-    """Window of T snapshots -> features ``[B, T (+1 summary), d_model]`` with mask ``[B, T (+1)]``."""
+    """Window of T snapshots (N numeric, C categorical features) -> features ``[B, T', d_model]``, mask ``[B, T']``.
+
+    ``T' = 1 + N + C`` (window token, then one token per feature) in the ``features`` layout, plus ``T`` with
+    snapshot tokens; ``T + 1`` (summary first) or ``T`` in the ``snapshots`` layout. Padded snapshots are masked.
+    """
 
     id = "xmm-device-transformer"
     trainable: ClassVar[bool] = True
@@ -103,20 +118,32 @@ class DeviceTransformerEncoder(Encoder):
         self.config = config
         self.numeric_specs = config.numeric_features
         self.categorical_specs = config.categorical_features
-        d = config.d_model
-        n = len(self.numeric_specs)
+        d, n, k = config.d_model, len(self.numeric_specs), config.numeric_bins
         self.output_dim = d
         self.revision = f"arch{ARCH_VERSION}-{self._config_hash()[:12]}"
-        k = config.numeric_bins
-        # scaled values (+ their piecewise-linear bins), presence flags, changes and time features of one snapshot
-        # -> one d-dim token
-        self.input_proj = nn.Linear((3 + k) * n + TIME_FEATURES, d)
         self.cat_embeddings = nn.ModuleList(nn.Embedding(s.vocab_size, d) for s in self.categorical_specs)
-        self.recency = nn.Embedding(config.max_snapshots, d)
-        self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02) if config.summary_token else None
-        # the summary token also sees window statistics (latest, first->latest change, min, max, presence, span,
-        # length), so window-level facts such as "draining" need no multi-hop attention to be read off
-        self.summary_proj = nn.Linear((5 + k) * n + 2, d) if config.summary_token else None
+        # embeddings on the scale of the projected numerics (~0.3 per dim for [0, 1] inputs): N(0, 1) rows would
+        # drown the numeric features, tiny ones would hide the categories until training grows them
+        for emb in self.cat_embeddings:
+            nn.init.normal_(emb.weight, std=0.3)
+        self.by_feature = config.layout == "features"
+        self.snapshot_tokens = config.use_snapshot_tokens
+        if self.by_feature:
+            # FT-Transformer-style tokenizer: each numeric feature has its own map from its window statistics
+            # (latest, bins, change, min, max, present) to a token; its bias doubles as the feature's identity
+            width = 5 + k
+            self.feature_weight = nn.Parameter(torch.randn(n, width, d) / math.sqrt(width))
+            self.feature_bias = nn.Parameter(torch.randn(n, d) * 0.3)
+        if self.by_feature or config.summary_token:
+            self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            # the window token sees all statistics (and the span and length of the window), so window-level facts
+            # such as "draining" need no multi-hop attention to be read off
+            self.summary_proj = nn.Linear((5 + k) * n + 2, d)
+        if self.snapshot_tokens or not self.by_feature:
+            # scaled values (+ bins), presence flags, changes and time features of one snapshot -> one token
+            self.input_proj = nn.Linear((3 + k) * n + TIME_FEATURES, d)
+            self.recency = nn.Embedding(config.max_snapshots, d)
+            nn.init.normal_(self.recency.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
             d, config.num_heads, d * config.ff_mult, config.dropout, activation="gelu", batch_first=True, norm_first=True
         )
@@ -124,11 +151,6 @@ class DeviceTransformerEncoder(Encoder):
             nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False) if config.num_layers else None
         )
         self.norm = nn.LayerNorm(d)
-        # embeddings on the scale of input_proj's output (~0.3 per dim for [0, 1] inputs): N(0, 1) rows would drown
-        # the numeric features, tiny ones would hide the categories until training grows them
-        for emb in self.cat_embeddings:
-            nn.init.normal_(emb.weight, std=0.3)
-        nn.init.normal_(self.recency.weight, std=0.02)
 
     # -- identity ------------------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -174,8 +196,8 @@ class DeviceTransformerEncoder(Encoder):
         categorical: torch.Tensor,
         lengths: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        """Batched features ``[B, T, N]``/``[B, T, 3]``/``[B, T, C]`` -> ``EncoderOutput`` ``[B, T', d_model]`` where
-        ``T' = T + 1`` with the summary token (first), ``1`` with the summary token only, else ``T``."""
+        """Batched features ``numeric/present/delta [B, T, N]``, ``time [B, T, 3]``, ``categorical [B, T, C]``,
+        ``lengths [B]`` -> ``EncoderOutput`` (see the class docstring for the token layout)."""
         if numeric.dim() != 3 or numeric.shape[-1] != self.num_numeric:
             raise ShapeError(f"{type(self).__name__}: numeric must be [B, T, {self.num_numeric}], got {tuple(numeric.shape)}")
         b, t, _ = numeric.shape
@@ -184,28 +206,44 @@ class DeviceTransformerEncoder(Encoder):
                 f"{type(self).__name__}: categorical must be [B, T, {len(self.categorical_specs)}] = "
                 f"{(b, t, len(self.categorical_specs))}, got {tuple(categorical.shape)}"
             )
-        dtype = self.input_proj.weight.dtype
+        dtype = self.norm.weight.dtype
+        numeric, present, delta, time = (x.to(dtype) for x in (numeric, present, delta, time))
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long, device=numeric.device)
         steps = torch.arange(t, device=numeric.device)
-        mask = steps.unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
-        x = self.input_proj(torch.cat([numeric, self._bins(numeric, present), present, delta * CHANGE_SCALE, time], dim=-1).to(dtype))
-        for j, emb in enumerate(self.cat_embeddings):
-            x = x + emb(categorical[..., j])
-        # recency index: 0 for each window's latest snapshot, counting back; padding clamps harmlessly (masked)
-        recency = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(0, self.config.max_snapshots - 1)
-        x = x + self.recency(recency)
-        if self.summary is not None:
-            stats = self._window_stats(numeric, present, time, lengths, mask).to(dtype)
-            summary = self.summary.to(x.dtype) + self.summary_proj(stats).unsqueeze(1)
-            x = torch.cat([summary.to(x.dtype), x], dim=1)
-            mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        snap_mask = steps.unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]
+        parts: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        if hasattr(self, "summary"):
+            per_feature, window = self._window_stats(numeric, present, time, lengths, snap_mask)
+            summary = self.summary + self.summary_proj(torch.cat([per_feature.flatten(1), window], dim=1)).unsqueeze(1)
+            parts.append(summary)
+            if self.by_feature:
+                parts.append(torch.einsum("bns,nsd->bnd", per_feature, self.feature_weight) + self.feature_bias)
+                last = categorical[torch.arange(b, device=categorical.device), (lengths - 1).clamp(min=0)]  # [B, C]
+                parts += [emb(last[:, j]).unsqueeze(1) for j, emb in enumerate(self.cat_embeddings)]
+            n_fixed = sum(p.shape[1] for p in parts)
+            masks.append(torch.ones(b, n_fixed, dtype=torch.bool, device=numeric.device))
+        if self.snapshot_tokens or not self.by_feature:
+            parts.append(self._snapshot_tokens(numeric, present, delta, time, categorical, lengths, steps))
+            masks.append(snap_mask)
+        x, mask = torch.cat(parts, dim=1), torch.cat(masks, dim=1)
         if self.transformer is not None:
             x = self.transformer(x, src_key_padding_mask=~mask)
         x = self.norm(x) * mask.unsqueeze(-1)
-        if not self.config.snapshot_tokens:
-            x, mask = x[:, :1], mask[:, :1]
         return EncoderOutput(x, mask)
+
+    def _snapshot_tokens(
+        self, numeric: torch.Tensor, present: torch.Tensor, delta: torch.Tensor, time: torch.Tensor,
+        categorical: torch.Tensor, lengths: torch.Tensor, steps: torch.Tensor,
+    ) -> torch.Tensor:
+        """One token per snapshot ``[B, T, d]``: projected values, bins, presence, changes, time features, plus the
+        categorical embeddings and a recency embedding (0 = latest; padding clamps harmlessly, it is masked)."""
+        x = self.input_proj(torch.cat([numeric, self._bins(numeric, present), present, delta * CHANGE_SCALE, time], dim=-1))
+        for j, emb in enumerate(self.cat_embeddings):
+            x = x + emb(categorical[..., j])
+        recency = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(0, self.config.max_snapshots - 1)
+        return x + self.recency(recency)
 
     def _bins(self, values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Piecewise-linear encoding ``[..., N] -> [..., N * K]`` (Gorishniy et al., 2022): bin ``j`` of a scaled
@@ -219,25 +257,25 @@ class DeviceTransformerEncoder(Encoder):
 
     def _window_stats(
         self, numeric: torch.Tensor, present: torch.Tensor, time: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Per window ``[B, (5 + K)N + 2]``: latest values and their bins, change first->latest (x CHANGE_SCALE),
-        min, max, presence anywhere, log time span, length / max_snapshots."""
-        b = numeric.shape[0]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per feature ``[B, N, 5 + K]``: latest value, its K bins, change first->latest (x CHANGE_SCALE), min, max,
+        present in the latest snapshot; per window ``[B, 2]``: log time span, length / max_snapshots."""
+        b, _, n = numeric.shape
         rows = torch.arange(b, device=numeric.device)
         last = (lengths - 1).clamp(min=0)
-        latest, first = numeric[rows, last], numeric[:, 0]
-        both = present[rows, last] * present[:, 0]
+        latest, first, present_last = numeric[rows, last], numeric[:, 0], present[rows, last]
         valid = (present > 0) & mask.unsqueeze(-1)
         big = torch.finfo(numeric.dtype).max
-        lo = numeric.masked_fill(~valid, big).amin(1)
-        hi = numeric.masked_fill(~valid, -big).amax(1)
         seen = valid.any(1)
-        lo, hi = lo.masked_fill(~seen, 0.0), hi.masked_fill(~seen, 0.0)
+        lo = numeric.masked_fill(~valid, big).amin(1).masked_fill(~seen, 0.0)
+        hi = numeric.masked_fill(~valid, -big).amax(1).masked_fill(~seen, 0.0)
+        change = (latest - first) * present_last * present[:, 0] * CHANGE_SCALE
+        bins = self._bins(latest, present_last).view(b, n, -1)
+        per_feature = torch.cat([latest.unsqueeze(-1), bins, change.unsqueeze(-1), lo.unsqueeze(-1), hi.unsqueeze(-1),
+                                 present_last.unsqueeze(-1)], dim=-1)
         span = time[:, 0, 1:2]  # log age of the first snapshot relative to the latest
         size = (lengths.to(numeric.dtype) / self.config.max_snapshots).unsqueeze(1)
-        change = (latest - first) * both * CHANGE_SCALE
-        bins = self._bins(latest, present[rows, last])
-        return torch.cat([latest, bins, change, lo, hi, seen.to(numeric.dtype), span, size], dim=1)
+        return per_feature, torch.cat([span, size], dim=1)
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

@@ -84,6 +84,13 @@ def generate_sentences(n: int, seed: int) -> list[str]:
     return out
 
 
+def digit_strings(n: int, seed: int, *, min_digits: int = 2, max_digits: int = 4) -> list[str]:
+    """``n`` spoken digit strings ("four zero seven"): a small-vocabulary recognition task."""
+    rng = np.random.default_rng(seed)
+    digits = _WORDS["digit"].split()
+    return [" ".join(rng.choice(digits, size=int(rng.integers(min_digits, max_digits + 1)))) for _ in range(n)]
+
+
 def sentences_from_text(text: str, *, min_words: int = 4, max_words: int = 12) -> list[str]:
     """Cut prose into lowercase word chunks (at sentence ends, and every ``max_words`` words) for extra variety."""
     chunks = []
@@ -240,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", help="split name (file prefix)")
     parser.add_argument("--text", type=Path, action="append", default=[], help="also read sentences from this prose file")
+    parser.add_argument("--digits", action="store_true", help="digit strings only (2-4 digits), a small-vocabulary task")
     parser.add_argument("--exclude", type=Path, action="append", default=[],
                         help="skip sentences whose transcript is in this manifest (keeps a test split held out)")
     parser.add_argument("--librivox", action="store_true", help="also write librivox.jsonl (pocketsphinx-testdata)")
@@ -247,8 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     seen = {json.loads(line)["meta"]["transcript"] for m in args.exclude for line in m.read_text().splitlines() if line.strip()}
     # draw extra candidates so that excluded ones can be dropped and still leave n
-    generated = [x for x in generate_sentences(2 * args.n + len(seen), args.seed) if x not in seen]
-    if args.text:
+    make = digit_strings if args.digits else generate_sentences
+    generated = [x for x in make(2 * args.n + len(seen), args.seed) if x not in seen]
+    if args.text and not args.digits:
         prose = [x for p in args.text for x in sentences_from_text(p.read_text(errors="ignore")) if x not in seen]
         rng = np.random.default_rng(args.seed)
         # half grammar, half prose, shuffled

