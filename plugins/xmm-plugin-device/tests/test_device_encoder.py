@@ -76,7 +76,7 @@ def test_trainable_until_frozen(make_snapshot):
     assert enc.trainable and not enc.frozen
     out = enc.encode([_win(make_snapshot, [40, 30])])
     (out.features * torch.randn_like(out.features)).sum().backward()  # a plain sum is constant after LayerNorm
-    assert enc.input_proj.weight.grad is not None and enc.input_proj.weight.grad.abs().sum() > 0
+    assert enc.feature_weight.grad is not None and enc.feature_weight.grad.abs().sum() > 0
     enc.freeze()
     assert not enc.encode([_win(make_snapshot, [40])]).features.requires_grad
     enc.train()
@@ -99,7 +99,7 @@ def test_learns_a_window_level_rule(make_snapshot, one_thread):
     opt = torch.optim.AdamW([*enc.parameters(), *head.parameters()], lr=3e-3)
     batch = enc.collate([enc.preprocess(w) for w in wins])
     y = torch.tensor(labels)
-    for _ in range(50):
+    for _ in range(80):
         logits = head(enc(**batch).features[:, 0]).squeeze(-1)  # the summary token
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
         opt.zero_grad()

@@ -32,7 +32,7 @@ def test_forward_backward_and_checkpoint(tmp_path, device_tiny_llm, one_thread):
     out = model(batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    assert enc.input_proj.weight.grad.abs().sum() > 0 and any(p.grad is not None for p in bridge.parameters())
+    assert enc.feature_weight.grad.abs().sum() > 0 and any(p.grad is not None for p in bridge.parameters())
 
     model.eval()
     with torch.no_grad():

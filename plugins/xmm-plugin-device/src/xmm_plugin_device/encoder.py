@@ -231,6 +231,9 @@ class DeviceTransformerEncoder(Encoder):
         if self.transformer is not None:
             x = self.transformer(x, src_key_padding_mask=~mask)
         x = self.norm(x) * mask.unsqueeze(-1)
+        if not (self.by_feature or self.snapshot_tokens):
+            # snapshot layout, summary only: the snapshots were context for the summary token, which is kept alone
+            x, mask = x[:, :1], mask[:, :1]
         return EncoderOutput(x, mask)
 
     def _snapshot_tokens(
