@@ -48,6 +48,7 @@ class DemoTask:
     batch_size: int = 16
     lr: float = 1e-3
     trainable: list[str] = field(default_factory=list)  # align-stage selectors besides bridge:<modality>
+    trainable_lr: float | None = None  # learning rate of those extra selectors (e.g. an encoder trained from scratch)
     max_new_tokens: int = 8
     chance: Callable[[list[str], list[str]], float] | None = None  # (train answers, test answers) -> chance score
 
@@ -83,11 +84,15 @@ TASKS: dict[str, DemoTask] = {
         metric="exact",
         make=_make_device,
         model={},  # the plugin's defaults: the trainable device transformer and its bridge
+        # X-LLM trains an interface that has no pretrained encoder together with it in the alignment stage
         trainable=["encoder:device"],
+        trainable_lr=1e-3,
         sizes={
             "quick": Size(n_train=96, n_test=24, align_steps=6),
-            "default": Size(n_train=1600, n_test=300, align_steps=150),
+            "default": Size(n_train=1600, n_test=300, align_steps=180),
         },
+        batch_size=8,
+        lr=3e-3,
         max_new_tokens=16,
     ),
     "image": DemoTask(
@@ -101,7 +106,7 @@ TASKS: dict[str, DemoTask] = {
         model={"encoder": "efficientnet-lite0", "encoder_config": {"pool_grid": 3}, "bridge": {"type": "mlp"}},
         sizes={
             "quick": Size(n_train=48, n_test=24, align_steps=6),
-            "default": Size(n_train=700, n_test=300, align_steps=220),
+            "default": Size(n_train=700, n_test=300, align_steps=200),
         },
         lr=2e-3,
     ),

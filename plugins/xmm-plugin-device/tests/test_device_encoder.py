@@ -21,14 +21,15 @@ def test_featurize_scales_flags_deltas_and_times(make_snapshot):
         make_snapshot("2024-05-01T12:10:00Z", battery={"level": 50, "charging": True}, foreground_app="unknown-app"),
     ])
     cats = [CategoricalFeature(name="net", path="network.type", values=["wifi", "4g"]),
-            CategoricalFeature(name="app", path="foreground_app", values=["maps"], hash_buckets=4)]
+            CategoricalFeature(name="app", path="foreground_app", values=["maps"], hash_buckets=4),
+            CategoricalFeature(name="charging", path="battery.charging", values=["false", "true"])]
     f = featurize(w, DEFAULT_NUMERIC, cats)
     names = [s.name for s in DEFAULT_NUMERIC]
-    lvl, sig, chg = names.index("battery_level"), names.index("signal"), names.index("charging")
+    lvl, sig = names.index("battery_level"), names.index("signal")
     assert f["numeric"].shape == (2, len(names)) and f["time"].shape == (2, 3)
     assert f["numeric"][:, lvl].tolist() == pytest.approx([0.6, 0.5])
     assert f["delta"][1, lvl].item() == pytest.approx(-0.1) and f["delta"][0].abs().sum() == 0
-    assert f["numeric"][:, chg].tolist() == [0.0, 1.0]
+    assert f["categorical"][:, 2].tolist() == [2, 3]  # bools are categories "false"/"true"
     assert f["present"][:, sig].tolist() == [0.0, 1.0] and f["delta"][1, sig] == 0  # absent before: no change
     assert f["time"][1, 0] > 0 and f["time"][0, 1] > f["time"][1, 1] == 0 and f["time"][:, 2].tolist() == [0, 1]
     assert f["categorical"][:, 0].tolist() == [0, 2]  # absent, then "wifi"

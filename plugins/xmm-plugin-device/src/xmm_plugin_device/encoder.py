@@ -63,6 +63,8 @@ class DeviceEncoderConfig(BaseModel):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     max_snapshots: int = Field(default=32, ge=1, le=4096)
     numeric_bins: int = Field(default=8, ge=0, le=64, description="piecewise-linear bins per numeric feature (0: off)")
+    value_bins: int = Field(default=20, ge=0, le=1000, description="'features' layout: uniform bins of the latest "
+                            "value and of its change, each with a learned embedding (0: off)")
     summary_token: bool = True
     snapshot_tokens: bool | None = Field(default=None, description="default: False for 'features', True for 'snapshots'")
     numeric: list[NumericFeature] | None = None
@@ -134,6 +136,12 @@ class DeviceTransformerEncoder(Encoder):
             width = 5 + k
             self.feature_weight = nn.Parameter(torch.randn(n, width, d) / math.sqrt(width))
             self.feature_bias = nn.Parameter(torch.randn(n, d) * 0.3)
+            if config.value_bins:
+                # a free vector per value bin (and per change bin) makes a threshold as easy to read as a category
+                self.value_embedding = nn.Embedding(n * (config.value_bins + 1), d)
+                self.change_embedding = nn.Embedding(n * config.value_bins, d)
+                nn.init.normal_(self.value_embedding.weight, std=0.3)
+                nn.init.normal_(self.change_embedding.weight, std=0.3)
         if self.by_feature or config.summary_token:
             self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02)
             # the window token sees all statistics (and the span and length of the window), so window-level facts
@@ -219,7 +227,10 @@ class DeviceTransformerEncoder(Encoder):
             summary = self.summary + self.summary_proj(torch.cat([per_feature.flatten(1), window], dim=1)).unsqueeze(1)
             parts.append(summary)
             if self.by_feature:
-                parts.append(torch.einsum("bns,nsd->bnd", per_feature, self.feature_weight) + self.feature_bias)
+                tokens = torch.einsum("bns,nsd->bnd", per_feature, self.feature_weight) + self.feature_bias
+                if self.config.value_bins:
+                    tokens = tokens + self._bin_embeddings(per_feature)
+                parts.append(tokens)
                 last = categorical[torch.arange(b, device=categorical.device), (lengths - 1).clamp(min=0)]  # [B, C]
                 parts += [emb(last[:, j]).unsqueeze(1) for j, emb in enumerate(self.cat_embeddings)]
             n_fixed = sum(p.shape[1] for p in parts)
@@ -247,6 +258,18 @@ class DeviceTransformerEncoder(Encoder):
             x = x + emb(categorical[..., j])
         recency = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(0, self.config.max_snapshots - 1)
         return x + self.recency(recency)
+
+    def _bin_embeddings(self, per_feature: torch.Tensor) -> torch.Tensor:
+        """``[B, N, d]``: embedding of each feature's latest-value bin (row 0 = absent) plus its change bin.
+
+        Values are binned uniformly over the declared range ([0, 1] scaled), changes (x CHANGE_SCALE) over [-1, 1]."""
+        nb = self.config.value_bins
+        n = per_feature.shape[1]
+        latest, change, present = per_feature[..., 0], per_feature[..., -4], per_feature[..., -1]
+        offsets = torch.arange(n, device=per_feature.device)
+        value_bin = ((latest * nb).floor().clamp(0, nb - 1).long() + 1) * (present > 0).long()
+        change_bin = ((change + 1.0) * nb / 2).floor().clamp(0, nb - 1).long()
+        return self.value_embedding(value_bin + offsets * (nb + 1)) + self.change_embedding(change_bin + offsets * nb)
 
     def _bins(self, values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Piecewise-linear encoding ``[..., N] -> [..., N * K]`` (Gorishniy et al., 2022): bin ``j`` of a scaled

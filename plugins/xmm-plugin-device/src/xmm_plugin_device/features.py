@@ -82,18 +82,19 @@ def _category_key(value: Any) -> str:
 
 DEFAULT_NUMERIC: tuple[NumericFeature, ...] = (
     NumericFeature(name="battery_level", path="battery.level"),
-    NumericFeature(name="charging", path="battery.charging", max=1.0),
     NumericFeature(name="temperature", path="temperature", min=0.0, max=80.0),
     NumericFeature(name="cpu_load", path="cpu_load"),
     NumericFeature(name="memory_load", path="memory_load"),
     NumericFeature(name="storage_free", path="storage.free_percent"),
     NumericFeature(name="signal", path="network.signal"),
-    NumericFeature(name="screen_on", path="screen.on", max=1.0),
     NumericFeature(name="brightness", path="screen.brightness"),
     NumericFeature(name="volume", path="volume"),
 )
 
+# flags are categories ("true"/"false"): an embedding per state is read as easily as the network type
 DEFAULT_CATEGORICAL: tuple[CategoricalFeature, ...] = (
+    CategoricalFeature(name="charging", path="battery.charging", values=["false", "true"]),
+    CategoricalFeature(name="screen_on", path="screen.on", values=["false", "true"]),
     CategoricalFeature(name="network_type", path="network.type", values=list(NETWORK_TYPES)),
     CategoricalFeature(name="location_permission", path="location_permission", values=list(LOCATION_PERMISSIONS)),
     CategoricalFeature(name="foreground_app", path="foreground_app", values=list(DEFAULT_APPS), hash_buckets=16),
