@@ -9,7 +9,7 @@ XMM="${XMM:-$ROOT/.venv/bin/xmm}"
 DATA="$ROOT/runs/device-data"
 N_TRAIN="${1:-2000}"
 N_TEST="${2:-300}"
-"$PY" -m xmm_plugin_device.synthetic "$DATA" --n "$N_TRAIN" --seed 1 --split train > "$DATA.train.json"
+"$PY" -m xmm_plugin_device.synthetic "$DATA" --n "$N_TRAIN" --seed 1 --split train --turns 6 > "$DATA.train.json"
 "$PY" -m xmm_plugin_device.synthetic "$DATA" --n "$N_TEST" --seed 2 --split test --no-captions > "$DATA.test.json"
 start=$(date +%s)
 "$XMM" train "$HERE/configs/xllm-device.yaml"
