@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -126,8 +127,12 @@ class Encoder(nn.Module):
         return super().train(mode and not self._frozen)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this encoder's outputs: id, revision and preprocessing."""
-        return {"id": self.id, "revision": self.revision, "preprocess": self.preprocess_config()}
+        """What identifies this encoder's outputs: id, revision and preprocessing, plus a hash of the current
+        weights for a ``trainable`` encoder (its revision names the architecture, not weights that training changes)."""
+        fp: dict[str, Any] = {"id": self.id, "revision": self.revision, "preprocess": self.preprocess_config()}
+        if self.trainable:
+            fp["weights"] = weights_digest(self)
+        return fp
 
     @property
     def device(self) -> torch.device:
@@ -146,6 +151,16 @@ class Encoder(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, dtypes, shapes, bytes), in state-dict order."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def freeze_module(module: nn.Module) -> nn.Module:

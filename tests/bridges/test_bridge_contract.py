@@ -52,7 +52,9 @@ def test_every_trainable_parameter_gets_a_gradient(name):
     bridge = build(name).train()
     x, mask = inputs()
     torch.manual_seed(3)
-    out = bridge(x, mask)
+    # instruction-aware bridges also read the question: give them one so that every parameter is in play
+    extra = {"context": torch.randn(2, 5, D_OUT), "context_mask": torch.ones(2, 5, dtype=torch.bool)} if bridge.uses_context else {}
+    out = bridge(x, mask, **extra)
     weights = torch.randn(out.embeds.shape)  # a random read-out: a plain sum would cancel behind a LayerNorm
     loss = (out.embeds * weights).sum()
     loss = loss + sum(v for v in out.aux.values() if v.dim() == 0 and v.is_floating_point())

@@ -42,3 +42,29 @@ def test_mlp_with_reduction_and_non_square_error():
         MLPConfig(input_dim=6, output_dim=8, pool=2, pixel_shuffle=2)
     one = MLPBridge(MLPConfig(input_dim=6, output_dim=8, num_layers=1))
     assert one(torch.randn(1, 3, 6)).embeds.shape == (1, 3, 8)
+
+
+def test_mlp_tokens_per_input_splits_each_input_into_consecutive_tokens():
+    torch.manual_seed(0)
+    b = MLPBridge(MLPConfig(input_dim=6, output_dim=8, tokens_per_input=3))
+    x = torch.randn(2, 5, 6)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 4] = False
+    out = b(x, mask)
+    assert out.embeds.shape == (2, 15, 8)
+    # input token i owns output tokens 3i..3i+2, and padding stays padding
+    assert out.mask[1].tolist() == [True] * 12 + [False] * 3
+    wide = b.mlp(x[0, 1])
+    assert torch.allclose(out.embeds[0, 3:6], wide.view(3, 8))
+
+
+def test_mlp_position_embeddings_start_at_zero_train_and_bound_the_length():
+    b = MLPBridge(MLPConfig(input_dim=6, output_dim=8, position_embeddings=4, tokens_per_input=2))
+    plain = MLPBridge(MLPConfig(input_dim=6, output_dim=8, tokens_per_input=2))
+    plain.mlp.load_state_dict(b.mlp.state_dict())
+    x = torch.randn(1, 2, 6)
+    assert torch.equal(b(x).embeds, plain(x).embeds)  # zero-initialised: no change until trained
+    b(x).embeds.sum().backward()
+    assert b.position.grad is not None and b.position.grad.abs().sum() > 0
+    with pytest.raises(ShapeError, match="position_embeddings = 4"):
+        b(torch.randn(1, 3, 6))

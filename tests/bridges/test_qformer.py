@@ -153,6 +153,57 @@ def test_stage1_learns_a_toy_alignment():
         assert last[k] < first[k], (k, first[k], last[k])
 
 
+def test_stage1_itc_and_itg_match_the_per_position_reference():
+    """ITG's vocabulary head runs on the valid text tokens only and one word-embedding lookup serves every objective:
+    losses and gradients equal the straightforward form (head over every position, ignore_index on the padding,
+    one lookup per objective)."""
+    import torch.nn.functional as F
+    from xmm.bridges._layers import key_mask
+
+    bridge = _stage1_bridge(hidden_dropout=0.0, attention_dropout=0.0).eval()
+    x, mask = _features()
+    ids, tmask = _text()
+    text, nq, ls = bridge.text, bridge.config.num_queries, bridge.config.label_smoothing
+
+    def reference():
+        kvs, cross = bridge.encoder_kv(x), key_mask(mask)
+        ones = torch.ones(3, 1, dtype=torch.bool)
+        cls = torch.cat([torch.full_like(ids[:, :1], text.cls_id), ids], 1)
+        cls_mask = torch.cat([ones, tmask], 1)
+        q = bridge.run(bridge.query_embeds(3, None), nq, None, kvs, cross)
+        media = F.normalize(text.vision_proj(q).float(), dim=-1)
+        t = bridge.run(bridge.embed_dropout(bridge.embed_norm(text.embed(cls))), 0, cls_mask[:, None, None, :], None, None)
+        tf = F.normalize(text.text_proj(t[:, 0]).float(), dim=-1)
+        i2t = torch.einsum("bqe,ne->bnq", media, tf).amax(-1) / text.temp
+        t2i = torch.einsum("be,nqe->bnq", tf, media).amax(-1) / text.temp
+        tgt = torch.arange(3)
+        itc = (F.cross_entropy(i2t, tgt, label_smoothing=ls) + F.cross_entropy(t2i, tgt, label_smoothing=ls)) / 2
+        dec = torch.cat([torch.full_like(ids[:, :1], text.dec_id), ids], 1)
+        n = dec.shape[1]
+        allow = torch.zeros(3, nq + n, nq + n, dtype=torch.bool)
+        allow[:, :, :nq] = True
+        allow[:, nq:, nq:] = torch.ones(n, n, dtype=torch.bool).tril()[None] & cls_mask[:, None, :]
+        out = bridge.run(bridge.query_embeds(3, None, text.embed(dec)), nq, allow[:, None], kvs, cross)
+        logits = text.lm_logits(out[:, nq:-1]).float()
+        itg = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.masked_fill(~tmask, -100).reshape(-1),
+                              ignore_index=-100, label_smoothing=ls)
+        return {"itc": itc, "itg": itg}
+
+    def grads(losses):
+        bridge.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        return {n: p.grad.clone() for n, p in bridge.named_parameters() if p.grad is not None}
+
+    want = reference()
+    got = bridge.stage1_losses(x, mask, ids, tmask, objectives=["itc", "itg"])
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    g_want, g_got = grads(reference()), grads(bridge.stage1_losses(x, mask, ids, tmask, objectives=["itc", "itg"]))
+    assert g_want.keys() == g_got.keys()
+    for n in g_want:
+        torch.testing.assert_close(g_got[n], g_want[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_itg_queries_never_see_the_text():
     """Grounded generation must pass the media through the queries: their outputs cannot depend on the text."""
     bridge = _stage1_bridge().eval()

@@ -97,3 +97,20 @@ def test_template_without_verbatim_prefix_falls_back(tiny_model) -> None:
     batch = tiny_model.collator()([{"messages": msgs}])
     labelled = [int(t) for t, lab in zip(batch.input_ids[0], batch.labels[0]) if lab != IGNORE_INDEX]
     assert tiny_model.tokenizer.decode(labelled) == "Welcome!<|im_end|>"
+
+
+def test_system_prompt_replaces_the_templates_default_and_keeps_labels(tiny_model) -> None:
+    tok = tiny_model.tokenizer
+    msgs = _conv(("user", "hi"), ("assistant", "Hello there."))
+    default = tiny_model.collator()([{"messages": msgs}])
+    empty = MultimodalCollator(tiny_model, system_prompt="")([{"messages": msgs}])
+    custom = MultimodalCollator(tiny_model, system_prompt="Answer in one word.")([{"messages": msgs}])
+    assert tok.decode(empty.input_ids[0]).startswith("<|im_start|>system\n<|im_end|>")
+    assert empty.input_ids.shape[1] < default.input_ids.shape[1]
+    assert "Answer in one word." in tok.decode(custom.input_ids[0])
+    for batch in (default, empty, custom):  # the answer tokens are labelled the same way whatever the system turn
+        labelled = [int(t) for t, lab in zip(batch.input_ids[0], batch.labels[0]) if lab != IGNORE_INDEX]
+        assert labelled == tok("Hello there.<|im_end|>", add_special_tokens=False)["input_ids"]
+    # a conversation's own system message wins
+    own = MultimodalCollator(tiny_model, system_prompt="")([{"messages": _conv(("system", "Be kind."), *msgs)}])
+    assert "Be kind." in tok.decode(own.input_ids[0])

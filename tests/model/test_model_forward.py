@@ -181,3 +181,47 @@ def test_named_components_and_trainable_encoder(registry, tiny_llm, tiny_config)
 def test_generation_batch_type(tiny_model) -> None:
     batch = tiny_model.collator(padding_side="left", add_generation_prompt=True)(["hi", "hello there"])
     assert isinstance(batch, MultimodalBatch) and len(batch) == 2
+
+
+def test_instruction_aware_bridge_reads_the_text_of_its_own_turn(registry, tiny_llm, tiny_config, media_dir: Path) -> None:
+    """A bridge with ``uses_context`` gets the frozen LLM embeddings of exactly the text of the turn that holds the
+    item (placeholders left out), with either padding side; other bridges in the same batch do not."""
+    torch.manual_seed(0)
+    cfg = tiny_config(modalities={"image": {"bridge": {"type": "guided-mlp", "guided_tokens": 2}}, "audio": {}})
+    model = MultimodalLM.from_config(cfg, llm=tiny_llm, registry=registry)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    bridge = model.bridges["image"]
+    original = bridge.forward
+
+    def spy(features, mask=None, *, modality=None, context=None, context_mask=None):
+        seen.append((context, context_mask))
+        return original(features, mask, modality=modality, context=context, context_mask=context_mask)
+
+    bridge.forward = spy
+    tok = model.tokenizer
+    table = model.llm.get_input_embeddings()
+    for side in ("right", "left"):
+        seen.clear()
+        batch = model.collator(padding_side=side)([_interleaved(media_dir)])
+        model(batch)
+        (ctx, cmask), = seen
+        assert ctx.shape[0] == 2  # both images of the example, in order
+        ids = batch.input_ids[0]
+        for row, item in enumerate(it for it in batch.media if it.modality == "image"):
+            start, end = item.context
+            text = tok.decode(ids[start:end])
+            assert ("first" in text and "ok?" in text) if row == 0 else ("and this?" in text and "first" not in text)
+            keep = [int(t) for t in ids[start:end] if int(t) not in model.placeholder_ids]
+            n = int(cmask[row].sum())
+            assert n == len(keep)
+            torch.testing.assert_close(ctx[row, :n], table(torch.tensor(keep)).float())
+    # the question steers the guided tokens: same image, another question, other embeddings
+    def guided(question: str) -> torch.Tensor:
+        ex = {"messages": [{"role": "user", "content": [{"type": "image", "path": "red.png"}, {"type": "text", "text": question}]},
+                           {"role": "assistant", "content": "x"}], "base_dir": media_dir}
+        b = model.collator()([ex])
+        spliced, _, _ = model.embed(b)
+        return spliced.inputs_embeds[0]
+    bridge.forward = original
+    with torch.no_grad():
+        assert not torch.allclose(guided("What colour is it?"), guided("How many are there?")[: guided("What colour is it?").shape[0]])

@@ -90,3 +90,45 @@ def test_provider_serves_hits_and_bypasses_trained_encoders(tmp_path: Path, tiny
     provider.reset()  # what the loop does when a stage starts
     assert not provider.cacheable("vec") and not provider.is_hit(batch.media[0])
     tiny_model.encoders["vec"].freeze()
+
+
+def test_trainable_encoder_key_follows_its_weights() -> None:
+    """An encoder trained from scratch has no pinned revision: features cached after one training run must not be
+    served to a model whose encoder weights differ (a rerun, another seed), so its fingerprint hashes the weights."""
+    from xmm_tiny_training_plugin import TrainableVecEncoder, VecEncoder
+
+    enc = TrainableVecEncoder()
+    before = enc.fingerprint()
+    assert before == TrainableVecEncoder().fingerprint()  # same weights (fixed seed): same key, the cache still works
+    with torch.no_grad():
+        next(enc.parameters()).add_(1.0)
+    after = enc.fingerprint()
+    assert after["weights"] != before["weights"]
+    assert feature_key("vec", "c", after) != feature_key("vec", "c", before)
+    assert "weights" not in VecEncoder().fingerprint()  # pretrained encoders are identified by their revision
+
+
+def test_provider_hashes_each_file_once_until_it_changes(tmp_path: Path, tiny_model, monkeypatch) -> None:
+    """Every epoch collates new media items; the provider must not re-read and re-hash unchanged files each time."""
+    import os
+
+    path = write_task(tmp_path / "task", 2)
+    ds = ManifestDataset.from_manifests([path], tiny_model.specs, BadSamples())
+    collate = tiny_model.collator(load_media=False)
+    provider = CachedFeatureProvider(tiny_model, FeatureCache(tmp_path / "cache"), compute=tiny_model.encode_media)
+    spec = type(collate([ds[0]]).media[0].spec)
+    calls = []
+    real = spec.content_hash
+    monkeypatch.setattr(spec, "content_hash", lambda self, raw: calls.append(raw) or real(self, raw))
+    epoch1 = collate([ds[0], ds[1]]).media
+    keys1 = [provider.key(it) for it in epoch1]
+    assert len(calls) == 2
+    epoch2 = collate([ds[0], ds[1]]).media  # new items, same files
+    assert [provider.key(it) for it in epoch2] == keys1 and len(calls) == 2
+    # a changed file is hashed again and gets another key
+    src = Path(epoch2[0].source)
+    data = src.read_bytes()
+    src.write_bytes(data + b"\0")
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 1_000_000))
+    changed = provider.key(collate([ds[0]]).media[0])
+    assert len(calls) == 3 and changed != keys1[0]

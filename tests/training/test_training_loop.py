@@ -175,3 +175,45 @@ def test_resume_at_a_stage_boundary_is_bit_identical(tmp_path: Path, tiny_llm: P
     b = load_file(tmp_path / "cut" / "checkpoints" / "stage-2-tune" / "trained.safetensors")
     assert set(a) == set(b) and any("lora_A" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_guided_answer_convert_stage_teaches_the_answer_words_without_the_llm(tmp_path: Path, tiny_llm: Path) -> None:
+    """The convert stage of a question-guided bridge: no LLM forward, and afterwards the first guided token, read
+    through the LLM's own embedding table, names the answer of held-out examples."""
+    import torch
+    from xmm.model import MultimodalLM
+    from xmm.model.multimodal import _pad_context, _turn_text
+
+    write_task(tmp_path, 32)
+    held_out = write_task(tmp_path / "test", 8, seed=1, name="test.jsonl")
+    plan = tiny_plan(tmp_path, tiny_llm, stage={"name": "convert", "objectives": {"guided_answer": 1.0}, "max_steps": 60,
+                                                "batch_size": 8, "optimizer": {"lr": 1e-2}})
+    plan["model"]["modalities"]["vec"]["bridge"] = {"type": "guided-mlp", "guided_tokens": 2, "attn_dim": 16}
+    plan["log_every"] = 1
+    calls = []
+    original = MultimodalLM.forward
+    MultimodalLM.forward = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)  # type: ignore[method-assign]
+    try:
+        result = train(plan, base_dir=tmp_path)
+    finally:
+        MultimodalLM.forward = original  # type: ignore[method-assign]
+    assert not calls
+    logged = [json.loads(x) for x in (Path(result.output_dir) / "logs" / "train.jsonl").read_text().splitlines()]
+    losses = [r["loss/guided_answer"] for r in logged if "loss/guided_answer" in r and "step" in r]
+    assert len(losses) >= 10 and sum(losses[-5:]) < 0.2 * sum(losses[:5])
+    model = result.model
+    lines = [json.loads(x) for x in held_out.read_text().splitlines()]
+    batch = model.collator()([{"messages": x["messages"], "base_dir": held_out.parent} for x in lines])
+    table = model.llm.get_input_embeddings()
+    with torch.no_grad():
+        embeds = table(batch.input_ids)
+        feats = model._features(list(batch.media))
+        from xmm.encoder import EncoderOutput
+
+        enc = EncoderOutput.pad(feats)
+        ctx, cmask = _pad_context([_turn_text(embeds, batch.input_ids, it, model.placeholder_ids) for it in batch.media], model.device)
+        out = model.bridges["vec"](enc.features.float(), enc.mask, modality="vec", context=ctx, context_mask=cmask)
+        guess = (out.embeds[:, -2].float() @ table.weight.float().T).argmax(-1)
+    words = [model.tokenizer.decode([int(t)]) for t in guess]
+    answers = [x["messages"][1]["content"][0]["text"] for x in lines]
+    assert sum(bool(w.strip()) and a.startswith(w.strip()) for w, a in zip(words, answers)) >= 6, list(zip(words, answers))

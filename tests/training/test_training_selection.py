@@ -69,6 +69,7 @@ def test_optimizer_sees_only_selected_parameters_with_group_lrs(tiny_model) -> N
     assert ids == {id(p) for p in sel.params.values()}
     by_lr = {(g["lr"], g["weight_decay"]): len(g["params"]) for g in opt.param_groups}
     assert by_lr == {(1e-3, 0.1): 1, (1e-3, 0.0): 1, (5e-2, 0.1): 1, (5e-2, 0.0): 1}
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]  # one pass per parameter on CPU/CUDA
     with pytest.raises(ConfigError, match="does not train") as e:
         param_groups(tiny_model, sel, OptimizerConfig(groups=[{"params": ["encoder:vec"], "lr": 1.0}]),
                      field_prefix="stages.0.optimizer")

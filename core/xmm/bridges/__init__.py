@@ -26,6 +26,6 @@ def register_bridge(name: str) -> Callable[[T], T]:
 
 
 # importing the modules runs their @register_bridge decorators
-from xmm.bridges import cformer, grouping, linear, perceiver, qformer  # noqa: E402,F401
+from xmm.bridges import cformer, grouping, guided, linear, perceiver, qformer  # noqa: E402,F401
 
 __all__ = ["BRIDGES", "Bridge", "BridgeConfig", "BridgeOutput", "register_bridge"]

@@ -45,11 +45,14 @@ class Bridge(nn.Module):
     """A trainable interface from encoder features ``[B, T, D_enc]`` (+ mask ``[B, T]``) to LLM embeddings.
 
     Subclasses set ``config_class`` and implement :meth:`forward`. ``modality`` lets one shared bridge (ChatBridge)
-    keep a query set per modality; single-modality bridges ignore it.
+    keep a query set per modality; single-modality bridges ignore it. A bridge with ``uses_context = True`` also gets
+    ``context [B, L, d_llm]`` / ``context_mask [B, L]``: the frozen LLM's embeddings of the text of the chat turn
+    that holds the item (its instruction or question, as InstructBLIP's Q-Former does), or None when there is none.
     """
 
     config_class: ClassVar[type[BridgeConfig]] = BridgeConfig
     bridge_type: ClassVar[str] = ""
+    uses_context: ClassVar[bool] = False
 
     def __init__(self, config: BridgeConfig) -> None:
         super().__init__()

@@ -46,6 +46,15 @@ class MLPConfig(_TokenReduction):
     type: Literal["mlp"] = "mlp"
     hidden_dim: int | None = Field(None, gt=0, description="default: output_dim, as LLaVA-1.5 does")
     num_layers: int = Field(2, gt=0)
+    tokens_per_input: int = Field(
+        1, ge=1, le=16, description="LLM tokens per (reduced) input token: the last layer is k times wider and its "
+        "output is split into k consecutive tokens, so one region can read like a phrase ('red' 'circle')"
+    )
+    position_embeddings: int = Field(
+        0, ge=0, description="learned vectors added by output position, for inputs with a fixed layout (an image grid, "
+        "a feature list): how many positions (0: off). Tells the LLM *where* a token came from without it having to "
+        "count media tokens"
+    )
 
 
 def _grid(owner: str, features: torch.Tensor) -> int:
@@ -119,18 +128,37 @@ class LinearBridge(_ReducingBridge):
 
 @register_bridge("mlp")
 class MLPBridge(_ReducingBridge):
-    """LLaVA-1.5's projector: Linear -> GELU -> Linear, per token (after the optional token reduction)."""
+    """LLaVA-1.5's projector: Linear -> GELU -> Linear, per token (after the optional token reduction);
+    ``[B, T, D_enc] -> [B, T' * k, d_llm]`` with ``k = tokens_per_input``, plus learned position vectors if set."""
 
     config_class = MLPConfig
 
     def __init__(self, config: MLPConfig) -> None:
         super().__init__(config)
         hidden = config.hidden_dim or config.output_dim
-        layers: list[nn.Module] = [nn.Linear(config.projected_dim, hidden if config.num_layers > 1 else config.output_dim)]
+        out = config.output_dim * config.tokens_per_input
+        layers: list[nn.Module] = [nn.Linear(config.projected_dim, hidden if config.num_layers > 1 else out)]
         for i in range(config.num_layers - 1):
-            layers += [nn.GELU(), nn.Linear(hidden, config.output_dim if i == config.num_layers - 2 else hidden)]
+            layers += [nn.GELU(), nn.Linear(hidden, out if i == config.num_layers - 2 else hidden)]
         self.mlp = nn.Sequential(*layers)
+        # zero at the start: the bridge begins as plain LLaVA and learns how much position to add
+        self.position = nn.Parameter(torch.zeros(config.position_embeddings, config.output_dim)) if config.position_embeddings else None
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None, *, modality: str | None = None) -> BridgeOutput:
         x, mask = self.reduce(features, mask)
-        return BridgeOutput(self.mlp(x), mask)
+        return self.project(x, mask)
+
+    def project(self, x: torch.Tensor, mask: torch.Tensor) -> BridgeOutput:
+        """Reduced tokens ``[B, T', D_in]`` -> ``[B, T' * k, d_llm]`` (the MLP, the split, the position vectors)."""
+        k = self.config.tokens_per_input
+        x = self.mlp(x)
+        if k > 1:
+            x = x.view(x.shape[0], x.shape[1] * k, self.config.output_dim)
+            mask = mask.repeat_interleave(k, dim=1)
+        if self.position is not None:
+            t = x.shape[1]
+            if t > self.position.shape[0]:
+                raise ShapeError(f"MLPBridge: {t} output tokens but position_embeddings = {self.position.shape[0]}; "
+                                 "raise position_embeddings to the largest number of output tokens")
+            x = x + self.position[:t]
+        return BridgeOutput(x, mask)

@@ -21,7 +21,7 @@ from xmm.bridges._layers import key_mask
 from xmm.errors import ConfigError, ShapeError
 
 if TYPE_CHECKING:
-    from xmm.bridges.qformer import QFormerBridge
+    from xmm.bridges.qformer import QFormerBridge, QFormerTextBranch
 
 OBJECTIVES = ("itc", "itm", "itg")
 
@@ -65,14 +65,14 @@ def stage1_losses(
     cross = key_mask(valid)
     nq = bridge.config.num_queries
     ones = torch.ones(b, 1, dtype=torch.bool, device=text_ids.device)
-    cls_ids = torch.cat([torch.full_like(text_ids[:, :1], text.cls_id), text_ids], dim=1)
     cls_mask = torch.cat([ones, tmask], dim=1)
+    cls_embeds, dec_embeds = _text_embeds(text, text_ids, with_dec="itg" in wanted)
     losses: dict[str, torch.Tensor] = {}
 
     # unimodal passes: the queries alone (cross-attending), the text alone
     q_hidden = bridge.run(bridge.query_embeds(b, modality), nq, None, kvs, cross)
     media_feats = F.normalize(text.vision_proj(q_hidden).float(), dim=-1)  # [B, Q, E]
-    t_embeds = bridge.embed_dropout(bridge.embed_norm(text.embed(cls_ids)))
+    t_embeds = bridge.embed_dropout(bridge.embed_norm(cls_embeds))
     t_hidden = bridge.run(t_embeds, 0, cls_mask[:, None, None, :], None, None)
     text_feat = F.normalize(text.text_proj(t_hidden[:, 0]).float(), dim=-1)  # [B, E]
 
@@ -85,24 +85,22 @@ def stage1_losses(
 
     if "itm" in wanted:
         local = sim_i2t.detach()[:, offset : offset + b]  # hard negatives come from this process's batch
-        losses["itm"] = _itm(bridge, kvs, cross, cls_ids, cls_mask, local, modality)
+        losses["itm"] = _itm(bridge, kvs, cross, cls_embeds, cls_mask, local, modality)
 
     if "itg" in wanted:
-        dec_ids = torch.cat([torch.full_like(text_ids[:, :1], text.dec_id), text_ids], dim=1)
-        n = dec_ids.shape[1]
-        h = bridge.query_embeds(b, modality, text.embed(dec_ids))
+        assert dec_embeds is not None
+        n = dec_embeds.shape[1]
+        h = bridge.query_embeds(b, modality, dec_embeds)
         # queries see queries; text sees every query and the valid text up to itself
         allow = torch.zeros(b, nq + n, nq + n, dtype=torch.bool, device=h.device)
         allow[:, :, :nq] = True
         causal = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
         allow[:, nq:, nq:] = causal[None] & cls_mask[:, None, :]
         out = bridge.run(h, nq, allow[:, None], kvs, cross)
-        logits = text.lm_logits(out[:, nq:-1]).float()  # position i predicts text token i
-        labels = text_ids.masked_fill(~tmask, -100)
-        losses["itg"] = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-            label_smoothing=bridge.config.label_smoothing,
-        )
+        # position i predicts text token i; the vocabulary head (the costly part: [N, H] x [H, vocab]) runs on the
+        # valid tokens only, which is the masked mean over every position without the padding's wasted logits
+        logits = text.lm_logits(out[:, nq:-1][tmask]).float()
+        losses["itg"] = F.cross_entropy(logits, text_ids[tmask], label_smoothing=bridge.config.label_smoothing)
     return losses
 
 
@@ -132,20 +130,38 @@ def _t2i(media: torch.Tensor, text: torch.Tensor, temp: torch.Tensor) -> torch.T
     return torch.einsum("be,nqe->bnq", text, all_media).amax(dim=-1) / temp
 
 
+def _text_embeds(text: QFormerTextBranch, text_ids: torch.Tensor, *, with_dec: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Word + position embeddings ``[B, L+1, H]`` of the text led by [CLS] (ITC, ITM) and, if asked, by [DEC] (ITG).
+
+    One lookup of the word-embedding table serves every objective (the table is the size of the vocabulary: each
+    separate lookup would back-propagate into its own dense ``[vocab, H]`` gradient, and those would be summed).
+    Equal to ``text.embed`` of the [CLS]/[DEC]-led ids.
+    """
+    b, n = text_ids.shape
+    special = torch.tensor([text.cls_id, text.dec_id], dtype=text_ids.dtype, device=text_ids.device)
+    rows = text.word_embeddings(torch.cat([special, text_ids.reshape(-1)]))
+    words = rows[2:].view(b, n, -1)
+    pos = text.position_embeddings(torch.arange(n + 1, device=text_ids.device))[None]
+    cls = torch.cat([rows[0].expand(b, 1, -1), words], dim=1) + pos
+    dec = torch.cat([rows[1].expand(b, 1, -1), words], dim=1) + pos if with_dec else None
+    return cls, dec
+
+
 def _itm(
     bridge: QFormerBridge,
     kvs: list[torch.Tensor],
     cross: torch.Tensor | None,
-    ids: torch.Tensor,
+    embeds: torch.Tensor,
     tmask: torch.Tensor,
     sim: torch.Tensor,
     modality: str | None,
 ) -> torch.Tensor:
-    """Matching loss on (media, text) positives and one hard negative of each kind per item (sim ``[B, B]``)."""
+    """Matching loss on (media, text) positives and one hard negative of each kind per item (sim ``[B, B]``);
+    ``embeds [B, L, H]`` are the [CLS]-led text embeddings, ``tmask [B, L]`` their mask."""
     text = bridge.text
     assert text is not None
-    b = ids.shape[0]
-    idx = torch.arange(b, device=ids.device)
+    b, dev = embeds.shape[0], embeds.device
+    idx = torch.arange(b, device=dev)
     if b > 1:
         with torch.no_grad():
             off_diag = sim.float().masked_fill(torch.eye(b, dtype=torch.bool, device=sim.device), float("-inf"))
@@ -153,13 +169,13 @@ def _itm(
             neg_media = torch.multinomial(F.softmax(off_diag.t(), dim=1), 1).squeeze(1)  # for each text
         media_idx = torch.cat([idx, neg_media, idx])
         text_idx = torch.cat([idx, idx, neg_text])
-        labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(ids.device)
+        labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(dev)
     else:  # a single pair has no negative in its batch
-        media_idx, text_idx, labels = idx, idx, torch.ones(1, dtype=torch.long, device=ids.device)
+        media_idx, text_idx, labels = idx, idx, torch.ones(1, dtype=torch.long, device=dev)
     nq = bridge.config.num_queries
     n = media_idx.shape[0]
-    h = bridge.query_embeds(n, modality, text.embed(ids[text_idx]))
-    keys = torch.cat([torch.ones(n, nq, dtype=torch.bool, device=ids.device), tmask[text_idx]], dim=1)
+    h = bridge.query_embeds(n, modality, embeds[text_idx])
+    keys = torch.cat([torch.ones(n, nq, dtype=torch.bool, device=dev), tmask[text_idx]], dim=1)
     out = bridge.run(h, nq, keys[:, None, None, :], [kv[media_idx] for kv in kvs], None if cross is None else cross[media_idx])
     logits = text.itm_head(out[:, :nq]).float().mean(dim=1)
     return F.cross_entropy(logits, labels)

@@ -61,7 +61,8 @@ class MultimodalCollator:
     the assistant header (generation). ``media_tokens(item) -> int`` estimates how many LLM positions an item takes
     (the model's bridge Q) so that over-long prompts fail here with :class:`ContextLengthError`. ``load_media``:
     decode every item now (validation before model work); with False only cheap checks run (a feature cache may
-    make decoding unnecessary).
+    make decoding unnecessary). ``system_prompt``: system message put first when a conversation has none (default:
+    the model config's; None keeps the chat template's own default).
     """
 
     def __init__(
@@ -75,12 +76,15 @@ class MultimodalCollator:
         media_tokens: Callable[[MediaItem], int] | None = None,
         load_media: bool = True,
         chat_template: str | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         if hasattr(model_or_tokenizer, "tokenizer") and hasattr(model_or_tokenizer, "specs"):
             model = model_or_tokenizer
             self.tokenizer = model.tokenizer
             self.specs = dict(specs if specs is not None else model.specs)
             max_length = max_length if max_length is not None else model.max_length
+            if system_prompt is None:
+                system_prompt = getattr(getattr(model, "config", None), "system_prompt", None)
             media_tokens = media_tokens or model.num_media_tokens
         else:
             self.tokenizer = model_or_tokenizer
@@ -93,6 +97,7 @@ class MultimodalCollator:
         self.media_tokens = media_tokens or (lambda item: item.spec.num_query_tokens)
         self.load_media = load_media
         self.chat_template = chat_template
+        self.system_prompt = system_prompt
         if chat_template is None and getattr(self.tokenizer, "chat_template", None) is None:
             log.warning("the tokenizer has no chat template; using a ChatML fallback")
             self.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -107,6 +112,8 @@ class MultimodalCollator:
             self._placeholder_ids[int(tid)] = name
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
+        eos = self.tokenizer.eos_token_id
+        self.turn_end_id: int | None = int(eos) if eos is not None else None
 
     @property
     def placeholder_ids(self) -> dict[int, str]:
@@ -119,7 +126,10 @@ class MultimodalCollator:
         kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
         if self.chat_template is not None:
             kwargs["chat_template"] = self.chat_template
-        return self.tokenizer.apply_chat_template(list(messages), **kwargs)
+        messages = list(messages)
+        if self.system_prompt is not None and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
 
     def _answer_spans(self, msgs: list[dict[str, str]], full: str) -> list[tuple[int, int]]:
         """Character spans of the assistant answers in ``full``, each ending with the end-of-turn text."""
@@ -182,9 +192,12 @@ class MultimodalCollator:
                 f"example {index}: the rendered prompt has placeholders {[m for _, m in found]} but the messages carry "
                 f"media {[it.modality for it in conv.media]} (did the chat template drop or reorder content?)"
             )
+        # each item's turn: between the end-of-turn tokens around its placeholder (question-aware bridges read it)
+        ends = [t for t, tid in enumerate(ids) if tid == self.turn_end_id] if self.turn_end_id is not None else []
         for (t, _), item in zip(found, conv.media):
             item.position = t
             labels[t] = IGNORE_INDEX
+            item.context = (max([e + 1 for e in ends if e < t], default=0), min([e for e in ends if e > t], default=len(ids)))
         if self.max_length is not None:
             n = len(ids) - len(found) + sum(self.media_tokens(it) for it in conv.media)
             if n > self.max_length:
@@ -217,6 +230,8 @@ class MultimodalCollator:
             for item in items:
                 item.batch_index = b
                 item.position += off
+                if item.context is not None:
+                    item.context = (item.context[0] + off, item.context[1] + off)
                 media.append(item)
         return MultimodalBatch(
             input_ids=input_ids,

@@ -62,6 +62,11 @@ class MultimodalConfig(_Strict):
     autocast: Literal["auto", "bf16", "off"] = "auto"
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
     max_length: int | None = Field(None, gt=0)
+    system_prompt: str | None = Field(
+        None,
+        description="system message put first when a conversation has none (None: the chat template's own default, "
+        "e.g. SmolLM2's 'You are a helpful AI assistant...'; '' gives an empty system turn, ~15 fewer tokens per example)",
+    )
     signal_tokens: list[str] = Field(default_factory=list, description="trainable new tokens (e.g. decoder signals)")
     outputs: dict[str, OutputConfig] = Field(
         default_factory=dict, description="output modalities (decoder + projector + signal tokens), see xmm.model.outputs"

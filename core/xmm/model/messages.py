@@ -24,7 +24,9 @@ _SOURCE_KEYS = ("path", "bytes", "url")
 class MediaItem:
     """One media input: its modality, where it comes from and (once loaded) what ``ModalitySpec.load`` returned.
 
-    ``batch_index``/``position`` say where its placeholder sits in the collated ``input_ids`` (set by the collator).
+    ``batch_index``/``position`` say where its placeholder sits in the collated ``input_ids`` (set by the collator);
+    ``context`` = ``(start, end)``, the positions of the chat turn that holds it (its instruction or question), for
+    bridges that read the text (``Bridge.uses_context``).
     """
 
     modality: str
@@ -32,6 +34,7 @@ class MediaItem:
     spec: ModalitySpec = field(repr=False)
     batch_index: int = -1
     position: int = -1
+    context: tuple[int, int] | None = None
     _loaded: Any = field(default=None, repr=False)
     _is_loaded: bool = field(default=False, repr=False)
     _hash: str | None = field(default=None, repr=False)

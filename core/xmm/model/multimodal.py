@@ -416,16 +416,25 @@ class MultimodalLM(nn.Module):
         return feats
 
     def bridge_media(
-        self, items: Sequence[MediaItem], features: Sequence[EncoderOutput]
+        self, items: Sequence[MediaItem], features: Sequence[EncoderOutput],
+        contexts: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[list[torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, list[int]]]:
-        """Bridge each item's features to LLM embeddings: ``([Q_i, d_llm] per item, aux per modality, groups)``."""
+        """Bridge each item's features to LLM embeddings: ``([Q_i, d_llm] per item, aux per modality, groups)``.
+
+        ``contexts``: per item, the LLM embeddings ``[L_i, d_llm]`` of its turn's text, given to bridges with
+        ``uses_context`` (InstructBLIP-style instruction-aware bridges)."""
         embeds: list[torch.Tensor | None] = [None] * len(items)
         aux: dict[str, dict[str, torch.Tensor]] = {}
         groups = _group(items)
         for modality, idx in groups.items():
             batch = EncoderOutput.pad([features[i] for i in idx])
             feats = batch.features.to(self.device, torch.float32)
-            bout = self.bridges[modality](feats, batch.mask.to(self.device), modality=modality)
+            bridge = self.bridges[modality]
+            kwargs: dict[str, Any] = {}
+            if getattr(bridge, "uses_context", False):
+                ctx = [contexts[i] if contexts is not None else None for i in idx]
+                kwargs["context"], kwargs["context_mask"] = _pad_context(ctx, self.device)
+            bout = bridge(feats, batch.mask.to(self.device), modality=modality, **kwargs)
             aux[modality] = dict(bout.aux)
             for row, i in enumerate(idx):
                 embeds[i] = bout.embeds[row][bout.mask[row].bool()]
@@ -440,7 +449,10 @@ class MultimodalLM(nn.Module):
         groups: dict[str, list[int]] = {}
         if batch.media:
             feats = self._features(list(batch.media))
-            media_embeds, aux, groups = self.bridge_media(batch.media, feats)
+            contexts = None
+            if any(getattr(self.bridges[it.modality], "uses_context", False) for it in batch.media if it.modality in self.bridges):
+                contexts = [_turn_text(token_embeds, batch.input_ids, it, self.placeholder_ids) for it in batch.media]
+            media_embeds, aux, groups = self.bridge_media(batch.media, feats, contexts)
         spliced = splice(token_embeds, batch.input_ids, batch.attention_mask, media_embeds, list(self.placeholder_ids),
                          labels=batch.labels, padding_side=batch.padding_side)
         return spliced, aux, groups
@@ -550,6 +562,32 @@ def _plugin_of(reg: Any, kind: str, name: str) -> dict[str, Any]:
         if p.name == owner and p.error is None:
             return {"name": p.name, "distribution": p.distribution, "version": p.version}
     return {"name": owner, "distribution": owner, "version": "?"}
+
+
+def _turn_text(token_embeds: torch.Tensor, input_ids: torch.Tensor, item: MediaItem, placeholder_ids: Any) -> torch.Tensor | None:
+    """The embeddings ``[L, d]`` of the text in ``item``'s chat turn (placeholders left out); None when unknown."""
+    if item.context is None:
+        return None
+    start, end = item.context
+    ids = input_ids[item.batch_index, start:end]
+    keep = ~torch.isin(ids, torch.tensor(list(placeholder_ids), device=ids.device))
+    return token_embeds[item.batch_index, start:end][keep]
+
+
+def _pad_context(ctx: list[torch.Tensor | None], device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Right-pad per-item context embeddings to ``[N, L, d]`` with a mask ``[N, L]``; (None, None) if all are None."""
+    present = [c for c in ctx if c is not None]
+    if not present:
+        return None, None
+    d = present[0].shape[-1]
+    n = max(1, max(c.shape[0] for c in present))
+    out = torch.zeros(len(ctx), n, d, device=device, dtype=torch.float32)
+    mask = torch.zeros(len(ctx), n, dtype=torch.bool, device=device)
+    for i, c in enumerate(ctx):
+        if c is not None and c.shape[0]:
+            out[i, : c.shape[0]] = c.float()
+            mask[i, : c.shape[0]] = True
+    return out, mask
 
 
 def _bridge_fields(reg: Any, btype: str) -> set[str]:

@@ -172,10 +172,13 @@ class CachedFeatureProvider:
         self.compute = compute
         self._fingerprints: dict[str, dict[str, Any]] = {}
         self._cacheable: dict[str, bool] = {}
+        self._content_hashes: dict[tuple[Any, ...], str] = {}
 
     def reset(self) -> None:
-        """Forget which encoders are frozen (call when a stage changes what is trained)."""
+        """Forget which encoders are frozen and their fingerprints (call when a stage changes what is trained:
+        a trainable encoder's fingerprint hashes its weights, which the previous stage may have changed)."""
         self._cacheable.clear()
+        self._fingerprints.clear()
 
     def cacheable(self, modality: str) -> bool:
         """True when ``modality``'s encoder is frozen (no parameter with ``requires_grad``); memoised per stage."""
@@ -192,7 +195,24 @@ class CachedFeatureProvider:
             enc = self.model.encoders[item.modality]
             fp = enc.fingerprint() if hasattr(enc, "fingerprint") else {"id": type(enc).__name__}
             self._fingerprints[item.modality] = fp
-        return feature_key(item.modality, item.content_hash(), fp)
+        return feature_key(item.modality, self._content_hash(item), fp)
+
+    def _content_hash(self, item: Any) -> str:
+        """``item.content_hash()``, remembered across epochs for files: a media file is read and hashed once per
+        process while its size, modification time and inode stay the same (every epoch builds new items, and
+        hashing a large video or audio file each time would cost as much as reading it)."""
+        src = getattr(item, "source", None)
+        if not isinstance(src, (str, os.PathLike)):
+            return item.content_hash()
+        try:
+            st = os.stat(src)
+        except OSError:
+            return item.content_hash()  # raises the MediaError that names the file
+        sig = (item.modality, os.fspath(src), st.st_size, st.st_mtime_ns, st.st_ino)
+        digest = self._content_hashes.get(sig)
+        if digest is None:
+            digest = self._content_hashes[sig] = item.content_hash()
+        return digest
 
     def is_hit(self, item: Any) -> bool:
         """True when ``item`` will be served from the cache (its media then need no decoding)."""

@@ -41,6 +41,10 @@ def build_cache(plan: StagePlan | str | Any, *, batch_size: int = 16, progress: 
         from xmm.training.loop import build_model
 
         model = build_model(plan)
+    if model.device.type == "cpu":
+        from xmm.training.memory import tune_cpu_allocator
+
+        tune_cpu_allocator()  # the encoder's large activations reuse heap memory batch after batch
     cache = FeatureCache(plan.cache_path)
     provider = CachedFeatureProvider(model, cache, compute=model.encode_media)
     bad = BadSamples(plan.on_bad_sample)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from xmm.errors import CheckpointError, ConfigError, TrainingError
+from xmm.training.attention import use_training_attention
 from xmm.training.cache import CachedFeatureProvider, FeatureCache
 from xmm.training.checkpointing import (
     CheckpointWriter,
@@ -37,6 +38,7 @@ from xmm.training.checkpointing import (
 )
 from xmm.training.data import BadSamples, EpochBatchSampler, ManifestDataset, SafeCollator, record_skipped
 from xmm.training.logging import Progress, RunLogger, plot_loss_curve
+from xmm.training.memory import tune_cpu_allocator
 from xmm.training.objectives import Objective, count_answer_tokens, get_objective, objective_step
 from xmm.training.optim import build_optimizer, build_scheduler, param_groups
 from xmm.training.plan import StageConfig, StagePlan, load_plan
@@ -301,6 +303,8 @@ def train(plan: StagePlan | str | os.PathLike[str] | dict[str, Any], *, resume: 
     if output_dir is not None:
         plan.output_dir = str(Path(output_dir).resolve())
     accelerator = _accelerator()
+    if accelerator.device.type == "cpu":
+        tune_cpu_allocator()  # large per-step tensors reuse heap memory instead of page-faulting in each step
     try:
         return _run(plan, accelerator, resume=resume)
     finally:
@@ -460,6 +464,7 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
         cache.refresh()
     if stage.gradient_checkpointing:
         enable_layer_checkpointing(model.llm)
+    restore_attention = use_training_attention(model.llm)
     install_mode_guard(model)
     module.train()
 
@@ -491,7 +496,7 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
     window_t, window_samples = time.perf_counter(), 0
     try:
         while step < total_steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             sums: dict[str, float] = {}
             micro_batches = [record_skipped(stream.next(), bad) for _ in range(stage.grad_accum)]
             tokens = [count_answer_tokens(b) for b in micro_batches]
@@ -525,7 +530,8 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
                 record = {"step": state.global_step, "stage": stage.name, "stage_step": step, "epoch": stream.epoch,
                           **{k: round(v, 6) for k, v in vals.items()},
                           "lr": optimizer.param_groups[0]["lr"], "samples_per_s": round(rate, 3),
-                          "step_time_s": round(now - t0, 4), "skipped": bad.total}
+                          "step_time_s": round(now - t0, 4), "step_cpu_s": round(time.process_time() - c0, 4),
+                          "skipped": bad.total}
                 logger.log(record)
                 last = vals
                 bar.update(plan.log_every if step % plan.log_every == 0 else step % plan.log_every,
@@ -536,6 +542,7 @@ def _run_stage(plan: StagePlan, si: int, model: Any, accelerator: Any, provider:
         save(f"stage-{si + 1}-{stage.name}")
     finally:
         bar.close()
+        restore_attention()
         remove_mode_guard(model)
         if stage.gradient_checkpointing:
             disable_layer_checkpointing(model.llm)

@@ -270,3 +270,44 @@ def cif_quantity_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | Non
     if not losses:
         return None
     return torch.stack(losses).mean()
+
+
+@register_objective("guided_answer", needs_output=False)
+def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | None:
+    """Cross-entropy of each instruction-guided bridge's guided tokens, read through the frozen LLM's own embedding
+    table (tied to its LM head), against the answer: guided token g against answer token g, for the first
+    ``guided_tokens`` tokens of the answer. No LLM layer runs, so a stage of it costs milliseconds a step: it turns the
+    question-guided read-out into the answer's words before an ``lm`` stage teaches the LLM to use them (the role
+    BLIP-2's stage 1 and X-LLM's "convert" stage play). Averaged over modalities."""
+    from xmm.encoder import EncoderOutput
+    from xmm.model.multimodal import _pad_context, _turn_text
+
+    m = unwrap(model)
+    if batch.labels is None or not batch.media:
+        return None
+    groups = {mod: items for mod, items in _by_modality(batch).items()
+              if mod in m.bridges and getattr(m.bridges[mod], "uses_context", False)
+              and getattr(m.bridges[mod].config, "guided_tokens", 0)}
+    if not groups:
+        return None
+    ids, amask = answer_tokens(batch)
+    input_ids = batch.input_ids.to(m.device)
+    table = m.llm.get_input_embeddings()
+    with torch.no_grad():
+        token_embeds = table(input_ids)
+    weight = table.weight.detach().float()
+    losses = []
+    for modality, items in groups.items():
+        bridge = m.bridges[modality]
+        enc = EncoderOutput.pad(media_features(model, items))
+        ctx, cmask = _pad_context([_turn_text(token_embeds, input_ids, it, m.placeholder_ids) for it in items], m.device)
+        out = bridge(enc.features.to(m.device, torch.float32), enc.mask.to(m.device), modality=modality,
+                     context=ctx, context_mask=cmask)
+        g = min(bridge.config.guided_tokens, ids.shape[1])
+        guided = out.embeds[:, out.embeds.shape[1] - bridge.config.guided_tokens :][:, :g].float()  # they come last
+        rows = torch.tensor([it.batch_index for it in items], device=ids.device)
+        target, valid = ids[rows, :g].to(guided.device), amask[rows, :g].to(guided.device)
+        if valid.any():
+            logits = guided[valid] @ weight.T
+            losses.append(torch.nn.functional.cross_entropy(logits, target[valid]))
+    return torch.stack(losses).mean() if losses else None

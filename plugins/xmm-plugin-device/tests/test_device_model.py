@@ -26,7 +26,7 @@ def test_forward_backward_and_checkpoint(tmp_path, device_tiny_llm, one_thread):
     model = MultimodalLM.from_config({"llm": str(device_tiny_llm), "autocast": "off",
                                       "modalities": {"device": {"encoder_config": SMALL_ENCODER}}})
     enc, bridge = model.encoders["device"], model.bridges["device"]
-    assert enc.trainable and not enc.frozen and type(bridge).bridge_type == "mlp"
+    assert enc.trainable and not enc.frozen and type(bridge).bridge_type == "guided-mlp"
     batch = MultimodalCollator(model)(_examples(report.manifest, 4))
     model.train()
     out = model(batch)
@@ -46,7 +46,8 @@ def test_forward_backward_and_checkpoint(tmp_path, device_tiny_llm, one_thread):
 
 
 def test_xllm_plan_trains_the_encoder_then_freezes_it(tmp_path, device_tiny_llm, one_thread):
-    """The shipped plan, shrunk: stage 1 changes encoder and bridge, stage 2 only the bridge; eval scores the test."""
+    """The shipped plan, shrunk: convert (guided_answer, no LLM) changes encoder and bridge, align only the bridge;
+    eval scores the test."""
     from xmm.training.evaluate import evaluate
     from xmm.training.loop import train
     from xmm.training.plan import load_plan
@@ -58,23 +59,23 @@ def test_xllm_plan_trains_the_encoder_then_freezes_it(tmp_path, device_tiny_llm,
     plan["model"] = {"llm": str(device_tiny_llm), "autocast": "off",
                      "modalities": {"device": {"encoder_config": SMALL_ENCODER}}}
     plan["output_dir"] = str(tmp_path / "run")
-    plan["stages"]["align"].update(data={"train": [str(data / "train_captions.jsonl")]}, max_steps=2, batch_size=4)
-    plan["stages"]["integrate"].update(data={"train": [str(data / "train.jsonl")]}, max_steps=2, batch_size=4)
+    plan["stages"]["convert"].update(data={"train": [str(data / "train.jsonl")]}, max_steps=2, batch_size=4)
+    plan["stages"]["align"].update(data={"train": [str(data / "train.jsonl")]}, max_steps=2, batch_size=4)
     loaded = load_plan(plan, base_dir=PLAN.parent)
     from xmm.training.loop import build_model
 
     initial = {k: v.clone() for k, v in build_model(loaded).encoders["device"].state_dict().items()}
     result = train(loaded)
-    assert [s["stage"] for s in result.stages] == ["align", "integrate"]
+    assert [s["stage"] for s in result.stages] == ["convert", "align"]
 
     from safetensors.torch import load_file
 
     ckpts = tmp_path / "run" / "checkpoints"
-    enc1 = load_file(ckpts / "stage-1-align" / "model" / "encoders" / "device" / "model.safetensors")
-    enc2 = load_file(ckpts / "stage-2-integrate" / "model" / "encoders" / "device" / "model.safetensors")
+    enc1 = load_file(ckpts / "stage-1-convert" / "model" / "encoders" / "device" / "model.safetensors")
+    enc2 = load_file(ckpts / "stage-2-align" / "model" / "encoders" / "device" / "model.safetensors")
     assert all(torch.equal(enc1[k], enc2[k]) for k in enc1)  # frozen in stage 2
-    br1 = load_file(next((ckpts / "stage-1-align" / "model" / "bridges").rglob("*.safetensors")))
-    br2 = load_file(next((ckpts / "stage-2-integrate" / "model" / "bridges").rglob("*.safetensors")))
+    br1 = load_file(next((ckpts / "stage-1-convert" / "model" / "bridges").rglob("*.safetensors")))
+    br2 = load_file(next((ckpts / "stage-2-align" / "model" / "bridges").rglob("*.safetensors")))
     assert any(not torch.equal(br1[k], br2[k]) for k in br1)  # trained in stage 2
 
     assert any(not torch.equal(initial[k], enc1[k]) for k in enc1)  # trained in stage 1
