@@ -182,7 +182,7 @@ def test_guided_answer_convert_stage_teaches_the_answer_words_without_the_llm(tm
     through the LLM's own embedding table, names the answer of held-out examples."""
     import torch
     from xmm.model import MultimodalLM
-    from xmm.model.multimodal import _pad_context, _turn_text
+    from xmm.model.multimodal import pad_context, turn_text_embeddings
 
     write_task(tmp_path, 32)
     held_out = write_task(tmp_path / "test", 8, seed=1, name="test.jsonl")
@@ -211,7 +211,7 @@ def test_guided_answer_convert_stage_teaches_the_answer_words_without_the_llm(tm
         from xmm.encoder import EncoderOutput
 
         enc = EncoderOutput.pad(feats)
-        ctx, cmask = _pad_context([_turn_text(embeds, batch.input_ids, it, model.placeholder_ids) for it in batch.media], model.device)
+        ctx, cmask = pad_context([turn_text_embeddings(embeds, batch.input_ids, it, model.placeholder_ids) for it in batch.media], model.device)
         out = model.bridges["vec"](enc.features.float(), enc.mask, modality="vec", context=ctx, context_mask=cmask)
         guess = (out.embeds[:, -2].float() @ table.weight.float().T).argmax(-1)
     words = [model.tokenizer.decode([int(t)]) for t in guess]

@@ -433,7 +433,7 @@ class MultimodalLM(nn.Module):
             kwargs: dict[str, Any] = {}
             if getattr(bridge, "uses_context", False):
                 ctx = [contexts[i] if contexts is not None else None for i in idx]
-                kwargs["context"], kwargs["context_mask"] = _pad_context(ctx, self.device)
+                kwargs["context"], kwargs["context_mask"] = pad_context(ctx, self.device)
             bout = bridge(feats, batch.mask.to(self.device), modality=modality, **kwargs)
             aux[modality] = dict(bout.aux)
             for row, i in enumerate(idx):
@@ -451,7 +451,7 @@ class MultimodalLM(nn.Module):
             feats = self._features(list(batch.media))
             contexts = None
             if any(getattr(self.bridges[it.modality], "uses_context", False) for it in batch.media if it.modality in self.bridges):
-                contexts = [_turn_text(token_embeds, batch.input_ids, it, self.placeholder_ids) for it in batch.media]
+                contexts = [turn_text_embeddings(token_embeds, batch.input_ids, it, self.placeholder_ids) for it in batch.media]
             media_embeds, aux, groups = self.bridge_media(batch.media, feats, contexts)
         spliced = splice(token_embeds, batch.input_ids, batch.attention_mask, media_embeds, list(self.placeholder_ids),
                          labels=batch.labels, padding_side=batch.padding_side)
@@ -564,7 +564,7 @@ def _plugin_of(reg: Any, kind: str, name: str) -> dict[str, Any]:
     return {"name": owner, "distribution": owner, "version": "?"}
 
 
-def _turn_text(token_embeds: torch.Tensor, input_ids: torch.Tensor, item: MediaItem, placeholder_ids: Any) -> torch.Tensor | None:
+def turn_text_embeddings(token_embeds: torch.Tensor, input_ids: torch.Tensor, item: MediaItem, placeholder_ids: Any) -> torch.Tensor | None:
     """The embeddings ``[L, d]`` of the text in ``item``'s chat turn (placeholders left out); None when unknown."""
     if item.context is None:
         return None
@@ -574,7 +574,7 @@ def _turn_text(token_embeds: torch.Tensor, input_ids: torch.Tensor, item: MediaI
     return token_embeds[item.batch_index, start:end][keep]
 
 
-def _pad_context(ctx: list[torch.Tensor | None], device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def pad_context(ctx: list[torch.Tensor | None], device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Right-pad per-item context embeddings to ``[N, L, d]`` with a mask ``[N, L]``; (None, None) if all are None."""
     present = [c for c in ctx if c is not None]
     if not present:

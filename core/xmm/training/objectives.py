@@ -280,7 +280,7 @@ def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | No
     question-guided read-out into the answer's words before an ``lm`` stage teaches the LLM to use them (the role
     BLIP-2's stage 1 and X-LLM's "convert" stage play). Averaged over modalities."""
     from xmm.encoder import EncoderOutput
-    from xmm.model.multimodal import _pad_context, _turn_text
+    from xmm.model.multimodal import pad_context, turn_text_embeddings
 
     m = unwrap(model)
     if batch.labels is None or not batch.media:
@@ -300,7 +300,7 @@ def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | No
     for modality, items in groups.items():
         bridge = m.bridges[modality]
         enc = EncoderOutput.pad(media_features(model, items))
-        ctx, cmask = _pad_context([_turn_text(token_embeds, input_ids, it, m.placeholder_ids) for it in items], m.device)
+        ctx, cmask = pad_context([turn_text_embeddings(token_embeds, input_ids, it, m.placeholder_ids) for it in items], m.device)
         out = bridge(enc.features.to(m.device, torch.float32), enc.mask.to(m.device), modality=modality,
                      context=ctx, context_mask=cmask)
         g = min(bridge.config.guided_tokens, ids.shape[1])
