@@ -49,7 +49,7 @@ class GuidedMLPBridge(MLPBridge):
         self.value = nn.Linear(config.projected_dim, a)
         self.key_position = nn.Parameter(torch.randn(config.max_inputs, a) * 0.02)
         self.value_position = nn.Parameter(torch.randn(config.max_inputs, a) * 0.02)
-        # LLM input embeddings are small (SmolLM2's rows have RMS ~0.05); normalise before reading them
+        # LLM input embeddings are on another scale than the bridge's activations; normalise before reading them
         self.context_norm = nn.LayerNorm(dc)
         self.context_pick = nn.Parameter(torch.randn(g, dc) * 0.02)  # which question words each query listens to
         self.query = nn.Linear(dc, a)
@@ -59,9 +59,6 @@ class GuidedMLPBridge(MLPBridge):
         self.default_query = nn.Parameter(torch.randn(g, a) * 0.02)
         hidden = config.hidden_dim or config.output_dim
         self.out = nn.Sequential(nn.LayerNorm(a), nn.Linear(a, hidden), nn.GELU(), nn.Linear(hidden, config.output_dim))
-
-    def num_output_tokens(self, modality: str | None = None) -> int | None:
-        return None
 
     def _queries(self, context: torch.Tensor | None, context_mask: torch.Tensor | None, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per guided token, a query ``[B, G, A]`` from an attention-pooled summary of the question, and that summary
@@ -103,7 +100,8 @@ class GuidedMLPBridge(MLPBridge):
         att = torch.einsum("bga,bta->bgt", q, keys) / math.sqrt(keys.shape[-1])
         # an item with no valid token attends nowhere (its guided tokens are masked out with it), not to NaN
         has_input = mask.any(dim=1)
-        att = torch.softmax(att.masked_fill(~(mask & has_input[:, None])[:, None, :] & has_input[:, None, None], float("-inf")), dim=-1)
+        blocked = ~mask[:, None, :] & has_input[:, None, None]
+        att = torch.softmax(att.masked_fill(blocked, float("-inf")), dim=-1)
         seen = torch.einsum("bgt,bta->bga", att, values)
         guided = self.out(seen if asked is None else seen + asked)
         g_mask = has_input[:, None].expand(b, guided.shape[1])
