@@ -277,14 +277,10 @@ def own_peak_rss_mb() -> float:
     carries the parent's RSS at fork time into it, so a worker started by a 3 GB parent reports at least 3 GB.)"""
     import resource
 
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.exists() else []
+    hwm = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    return hwm[0] / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_worker(root: Path, data: Path, unfrozen: bool) -> None:

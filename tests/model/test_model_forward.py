@@ -215,13 +215,25 @@ def test_instruction_aware_bridge_reads_the_text_of_its_own_turn(registry, tiny_
             n = int(cmask[row].sum())
             assert n == len(keep)
             torch.testing.assert_close(ctx[row, :n], table(torch.tensor(keep)).float())
-    # the question steers the guided tokens: same image, another question, other embeddings
-    def guided(question: str) -> torch.Tensor:
+    # the question steers the guided tokens (the last G rows of the bridge output), not the per-token ones
+    def bridge_out(question: str) -> torch.Tensor:
+        seen.clear()
+        outputs: list[torch.Tensor] = []
+
+        def keep(features, mask=None, *, modality=None, context=None, context_mask=None):
+            out = original(features, mask, modality=modality, context=context, context_mask=context_mask)
+            outputs.append(out.embeds[0])
+            return out
+
+        bridge.forward = keep
         ex = {"messages": [{"role": "user", "content": [{"type": "image", "path": "red.png"}, {"type": "text", "text": question}]},
                            {"role": "assistant", "content": "x"}], "base_dir": media_dir}
-        b = model.collator()([ex])
-        spliced, _, _ = model.embed(b)
-        return spliced.inputs_embeds[0]
+        with torch.no_grad():
+            model.embed(model.collator()([ex]))
+        return outputs[0]
+
+    a, b = bridge_out("What colour is it?"), bridge_out("How many are there?")
+    g = bridge.config.guided_tokens
+    torch.testing.assert_close(a[:-g], b[:-g])
+    assert not torch.allclose(a[-g:], b[-g:])
     bridge.forward = original
-    with torch.no_grad():
-        assert not torch.allclose(guided("What colour is it?"), guided("How many are there?")[: guided("What colour is it?").shape[0]])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -120,6 +121,19 @@ def test_plan_level_errors(tmp_path: Path, tiny_llm: Path) -> None:
         train(tiny_plan(tmp_path, tiny_llm, stage={"batch_size": 16}), base_dir=tmp_path)
 
 
+def _train_counting_llm_forwards(plan: dict, base_dir: Path) -> tuple[Any, int]:
+    """Train ``plan`` and count the MultimodalLM forward calls (stage-1 objectives must make none)."""
+    from xmm.model import MultimodalLM
+
+    calls = []
+    original = MultimodalLM.forward
+    MultimodalLM.forward = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)  # type: ignore[method-assign]
+    try:
+        return train(plan, base_dir=base_dir), len(calls)
+    finally:
+        MultimodalLM.forward = original  # type: ignore[method-assign]
+
+
 def test_qformer_stage1_and_cif_objectives(tmp_path: Path, tiny_llm: Path) -> None:
     """X-LLM stage 1: Q-Former ITC/ITM/ITG without running the LLM; a C-Former trained by the CIF quantity loss."""
     write_task(tmp_path, 8)
@@ -128,16 +142,8 @@ def test_qformer_stage1_and_cif_objectives(tmp_path: Path, tiny_llm: Path) -> No
     plan = tiny_plan(tmp_path, tiny_llm, stage={"objectives": {"qformer_itc": 1.0, "qformer_itm": 1.0, "qformer_itg": 0.5},
                                                 "max_steps": 3})
     plan["model"]["modalities"]["vec"]["bridge"] = qformer
-    calls = []
-    from xmm.model import MultimodalLM
-
-    original = MultimodalLM.forward
-    MultimodalLM.forward = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)  # type: ignore[method-assign]
-    try:
-        result = train(plan, base_dir=tmp_path)
-    finally:
-        MultimodalLM.forward = original  # type: ignore[method-assign]
-    assert not calls  # bridge objectives only: the LLM never ran
+    result, llm_calls = _train_counting_llm_forwards(plan, tmp_path)
+    assert not llm_calls  # bridge objectives only: the LLM never ran
     last = result.stages[0]["last"]
     assert {"loss/qformer_itc", "loss/qformer_itm", "loss/qformer_itg"} <= set(last)
     assert last["loss"] == pytest.approx(last["loss/qformer_itc"] + last["loss/qformer_itm"] + 0.5 * last["loss/qformer_itg"], rel=1e-4)
@@ -180,8 +186,7 @@ def test_resume_at_a_stage_boundary_is_bit_identical(tmp_path: Path, tiny_llm: P
 def test_guided_answer_convert_stage_teaches_the_answer_words_without_the_llm(tmp_path: Path, tiny_llm: Path) -> None:
     """The convert stage of a question-guided bridge: no LLM forward, and afterwards the first guided token, read
     through the LLM's own embedding table, names the answer of held-out examples."""
-    import torch
-    from xmm.model import MultimodalLM
+    from xmm.encoder import EncoderOutput
     from xmm.model.multimodal import pad_context, turn_text_embeddings
 
     write_task(tmp_path, 32)
@@ -190,14 +195,8 @@ def test_guided_answer_convert_stage_teaches_the_answer_words_without_the_llm(tm
                                                 "batch_size": 8, "optimizer": {"lr": 1e-2}})
     plan["model"]["modalities"]["vec"]["bridge"] = {"type": "guided-mlp", "guided_tokens": 2, "attn_dim": 16}
     plan["log_every"] = 1
-    calls = []
-    original = MultimodalLM.forward
-    MultimodalLM.forward = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)  # type: ignore[method-assign]
-    try:
-        result = train(plan, base_dir=tmp_path)
-    finally:
-        MultimodalLM.forward = original  # type: ignore[method-assign]
-    assert not calls
+    result, llm_calls = _train_counting_llm_forwards(plan, tmp_path)
+    assert not llm_calls
     logged = [json.loads(x) for x in (Path(result.output_dir) / "logs" / "train.jsonl").read_text().splitlines()]
     losses = [r["loss/guided_answer"] for r in logged if "loss/guided_answer" in r and "step" in r]
     assert len(losses) >= 10 and sum(losses[-5:]) < 0.2 * sum(losses[:5])
@@ -207,10 +206,7 @@ def test_guided_answer_convert_stage_teaches_the_answer_words_without_the_llm(tm
     table = model.llm.get_input_embeddings()
     with torch.no_grad():
         embeds = table(batch.input_ids)
-        feats = model._features(list(batch.media))
-        from xmm.encoder import EncoderOutput
-
-        enc = EncoderOutput.pad(feats)
+        enc = EncoderOutput.pad(model._features(list(batch.media)))
         ctx, cmask = pad_context([turn_text_embeddings(embeds, batch.input_ids, it, model.placeholder_ids) for it in batch.media], model.device)
         out = model.bridges["vec"](enc.features.float(), enc.mask, modality="vec", context=ctx, context_mask=cmask)
         guess = (out.embeds[:, -2].float() @ table.weight.float().T).argmax(-1)
