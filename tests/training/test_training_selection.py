@@ -85,6 +85,21 @@ def test_schedules() -> None:
     assert lr_factor(7, 10, ScheduleConfig()) == 1.0
 
 
+def test_guided_answer_weighs_each_answer_the_same() -> None:
+    """A 1-token answer counts as much as an 8-token one, whatever their lengths; rows with no answer are left out."""
+    from xmm.training.objectives import per_answer_cross_entropy
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(3, 8, 11), torch.randint(0, 11, (3, 8))
+    valid = torch.zeros(3, 8, dtype=torch.bool)
+    valid[0, :1] = True
+    valid[1, :] = True  # row 2: no answer tokens
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(3, 8)
+    want = (ce[0, 0] + ce[1].mean()) / 2
+    torch.testing.assert_close(per_answer_cross_entropy(logits, target, valid), want)
+    assert not torch.isclose(want, ce[valid].mean())  # the plain token mean would weigh row 1 eight times
+
+
 def test_objective_registry() -> None:
     assert {"lm", "qformer_itc", "qformer_itm", "qformer_itg", "cif_quantity", "decoder_alignment"} <= set(available_objectives())
     assert get_objective("decoder_alignment").needs_hidden_states

@@ -131,7 +131,8 @@ def build_plan(tasks: list[DemoTask], data: dict[str, TaskData], mode: str, out:
             "max_steps": size.align_steps,
             "batch_size": t.batch_size,
         })
-    # the joint stage is where the bridges settle together (device: 0.85 after 37 steps, 0.87 after 100; 0.95 after 147 in an --all run)
+    # the joint stage is where the bridges settle together (the earlier device recipe, 1,600 windows and 4 guided
+    # tokens: 0.85 after 37 steps, 0.87 after 100, 0.95 after 147 in an --all run)
     integrate_steps = max(2, sum(_size(t, mode).align_steps for t in tasks) // 3)
     stages.append({
         "name": "integrate",

@@ -68,7 +68,8 @@ def _import(module: str, dist: str, modality: str) -> Any:
 # -- device ------------------------------------------------------------------------------------------------------
 def _make_device(out: Path, size: Size, seed: int) -> TaskData:
     synthetic = _import("xmm_plugin_device.synthetic", "xmm-plugin-device", "device")
-    train = synthetic.generate(out, n=size.n_train, seed=seed, split="train")
+    # close_app must also name the app (one of 15): training sees that command 4x as often; held-out data does not
+    train = synthetic.generate(out, n=size.n_train, seed=seed, split="train", action_weights={"close_app": 4.0})
     test = synthetic.generate(out, n=size.n_test, seed=seed + 1000, split="test", captions=False)
     return TaskData(train=train.manifest, test=test.manifest, captions=train.captions)
 
@@ -119,15 +120,15 @@ TASKS: dict[str, DemoTask] = {
         plugin="xmm-plugin-device",
         metric="exact",
         make=_make_device,
-        # one token per telemetry feature (the plugin's device transformer) plus 4 question-guided tokens; the
-        # convert stage teaches those tokens the answer's first 4 words with no LLM layer in the loop
-        model={"bridge": {"type": "guided-mlp", "position_embeddings": 16, "guided_tokens": 4}},
+        # the plugin's defaults: one token per telemetry feature (its device transformer) plus 8 question-guided
+        # tokens; the convert stage teaches those the answer's first 8 tokens with no LLM layer in the loop
+        model={},
         # X-LLM trains an interface that has no pretrained encoder together with it, then freezes it
         trainable=["encoder:device"],
         trainable_lr=1e-3,
         sizes={
             "quick": Size(n_train=96, n_test=24, align_steps=6, convert_steps=10),
-            "default": Size(n_train=1600, n_test=300, align_steps=150, convert_steps=800, before_limit=100),
+            "default": Size(n_train=6400, n_test=300, align_steps=150, convert_steps=2000, before_limit=100),
         },
         batch_size=16,
         lr=2e-3,

@@ -272,13 +272,23 @@ def cif_quantity_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | Non
     return torch.stack(losses).mean()
 
 
+def per_answer_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits [N, G, V]`` against ``target [N, G]`` where ``valid [N, G]``: the mean over each
+    answer's valid tokens, then over the answers that have any. A 1-token "yes" then weighs as much as an 8-token
+    command; a plain token mean let long answers drown the short ones (yes/no questions learned far slower)."""
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+    per_answer = (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+    return per_answer[valid.any(1)].mean()
+
+
 @register_objective("guided_answer", needs_output=False)
 def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | None:
     """Cross-entropy of each instruction-guided bridge's guided tokens, read through the frozen LLM's own embedding
     table (tied to its LM head), against the answer: guided token g against answer token g, for the first
-    ``guided_tokens`` tokens of the answer. No LLM layer runs, so a stage of it costs milliseconds a step: it turns the
-    question-guided read-out into the answer's words before an ``lm`` stage teaches the LLM to use them (the role
-    BLIP-2's stage 1 and X-LLM's "convert" stage play). Averaged over modalities."""
+    ``guided_tokens`` tokens of the answer, each answer weighing the same (:func:`per_answer_cross_entropy`). No
+    LLM layer runs, so a stage of it costs milliseconds a step: it turns the question-guided read-out into the
+    answer's words before an ``lm`` stage teaches the LLM to use them (the role BLIP-2's stage 1 and X-LLM's
+    "convert" stage play). Averaged over modalities."""
     from xmm.encoder import EncoderOutput
     from xmm.model.multimodal import pad_context, turn_text_embeddings
 
@@ -308,6 +318,5 @@ def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | No
         rows = torch.tensor([it.batch_index for it in items], device=ids.device)
         target, valid = ids[rows, :g].to(guided.device), amask[rows, :g].to(guided.device)
         if valid.any():
-            logits = guided[valid] @ weight.T
-            losses.append(torch.nn.functional.cross_entropy(logits, target[valid]))
+            losses.append(per_answer_cross_entropy(guided @ weight.T, target, valid))
     return torch.stack(losses).mean() if losses else None

@@ -7,10 +7,11 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 XMM="${XMM:-$ROOT/.venv/bin/xmm}"
 DATA="$ROOT/runs/device-data"
-N_TRAIN="${1:-1600}"
+N_TRAIN="${1:-6400}"
 N_TEST="${2:-300}"
 mkdir -p "$ROOT/runs"
-"$PY" -m xmm_plugin_device.synthetic "$DATA" --n "$N_TRAIN" --seed 1 --split train --turns 1 > "$DATA.train.json"
+"$PY" -m xmm_plugin_device.synthetic "$DATA" --n "$N_TRAIN" --seed 1 --split train --turns 1 \
+  --action-weights close_app=4 > "$DATA.train.json"  # 15 apps to name: see more of them in training only
 "$PY" -m xmm_plugin_device.synthetic "$DATA" --n "$N_TEST" --seed 2 --split test --no-captions > "$DATA.test.json"
 start=$(date +%s)
 "$XMM" train "$HERE/configs/xllm-device.yaml"

@@ -107,3 +107,25 @@ def test_cli_writes_a_split(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "xmm_plugin_device.synthetic", str(tmp_path), "--n", "0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "n must be >= 1" in bad.stderr
+
+
+def test_action_weights_oversample_a_command_and_leave_default_data_unchanged(tmp_path):
+    plain = generate(tmp_path / "plain", n=300, seed=3, split="train", tasks=["action"], captions=False)
+    weighted = generate(tmp_path / "w", n=300, seed=3, split="train", tasks=["action"], captions=False,
+                        action_weights={"close_app": 6, "no_action": 0})
+
+    def closes(report):
+        return sum(c for a, c in report.answers["action"].items() if a.startswith("close_app"))
+
+    assert closes(weighted) > 2.5 * closes(plain)
+    assert "no_action()" in plain.answers["action"] and "no_action()" not in weighted.answers["action"]
+    # None and "no weights given" draw the same stream: held-out data generated without weights stays as it was
+    again = generate(tmp_path / "again", n=300, seed=3, split="train", tasks=["action"], captions=False, action_weights=None)
+    assert again.manifest.read_text() == plain.manifest.read_text()
+    with pytest.raises(ValueError, match="unknown commands"):
+        generate(tmp_path, n=2, action_weights={"reboot": 2})
+    with pytest.raises(ValueError, match="positive total"):
+        generate(tmp_path, n=2, action_weights=dict.fromkeys(ACTIONS, 0.0))
+    bad = subprocess.run([sys.executable, "-m", "xmm_plugin_device.synthetic", str(tmp_path), "--n", "2",
+                          "--action-weights", "close_app"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "CMD=NUMBER" in bad.stderr

@@ -18,7 +18,7 @@ import json
 import random
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -178,8 +178,9 @@ def _apply_action(st: _State, rng: random.Random, action: str) -> None:
         st.volume = _volume(rng, loud=True)
 
 
-def _scenario(rng: random.Random, task: str) -> tuple[_State, int]:
-    """The latest snapshot's values and the window length, steered towards a balanced answer for ``task``."""
+def _scenario(rng: random.Random, task: str, action_weights: Mapping[str, float] | None = None) -> tuple[_State, int]:
+    """The latest snapshot's values and the window length, steered towards a balanced answer for ``task`` (for
+    ``action``: a command drawn uniformly, or by ``action_weights``)."""
     st = _random_state(rng)
     n = rng.randint(1, MAX_WINDOW)
     yes = rng.random() < 0.5
@@ -200,7 +201,10 @@ def _scenario(rng: random.Random, task: str) -> tuple[_State, int]:
         else:
             st.drop = -round(rng.uniform(0, 10)) if st.charging else round(rng.uniform(-1, 1))
     elif task == "action":
-        _apply_action(st, rng, rng.choice(ACTIONS))
+        # the uniform draw stays rng.choice so that data generated without weights does not change
+        action = (rng.choice(ACTIONS) if action_weights is None
+                  else rng.choices(ACTIONS, weights=[action_weights.get(a, 1.0) for a in ACTIONS])[0])
+        _apply_action(st, rng, action)
     if task != "draining" and n > 1:
         # windows of other tasks drain or charge realistically; drops stay clear of the draining threshold
         st.drop = -round(rng.uniform(0, 10)) if st.charging else rng.choice((0.0, round(rng.uniform(rules.DRAIN_POINTS + 2, 20))))
@@ -280,13 +284,14 @@ class Example:
     caption: str
 
 
-def sample_example(rng: random.Random, task: str | None = None, tasks: Sequence[str] = TASKS) -> Example:
+def sample_example(rng: random.Random, task: str | None = None, tasks: Sequence[str] = TASKS,
+                   action_weights: Mapping[str, float] | None = None) -> Example:
     """One example for ``task`` (default: drawn by ``TASK_WEIGHTS`` among ``tasks``)."""
     if task is None:
         task = rng.choices(list(tasks), weights=[TASK_WEIGHTS[t] for t in tasks])[0]
     if task not in QUESTIONS:
         raise ValueError(f"unknown device task '{task}'; known: {', '.join(TASKS)}")
-    st, n = _scenario(rng, task)
+    st, n = _scenario(rng, task, action_weights)
     raw = _snapshots(rng, st, n)
     window = load_window(raw)  # the answer is computed from exactly what the model will see
     return Example(raw, window, task, rng.choice(QUESTIONS[task]), rules.answer(task, window), rules.caption(window))
@@ -348,13 +353,18 @@ def generate(
     captions: bool = True,
     turns: int = 1,
     jsonl_fraction: float = 0.2,
+    action_weights: Mapping[str, float] | None = None,
 ) -> GenerationReport:
     """Write ``n`` examples: telemetry files under ``out_dir/split/``, the question manifest ``out_dir/split.jsonl``
     and (``captions``) the alignment manifest ``out_dir/split_captions.jsonl``. Deterministic in (seed, split).
 
     ``turns > 1`` makes each example a conversation of that many questions (distinct tasks) about one window, as
     LLaVA packs an image's questions: one pass over the device tokens then trains several answers. Evaluation
-    manifests should keep ``turns=1`` (the score reads the last answer of each line)."""
+    manifests should keep ``turns=1`` (the score reads the last answer of each line).
+
+    ``action_weights`` (command name -> relative weight, 1 for those not named) oversamples commands in training data:
+    ``close_app`` must also name the app, one of 15, so at the uniform rate each app is seen rarely. Held-out data
+    should keep the default (uniform) so that scores stay comparable."""
     if n < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
     if not 1 <= turns <= len(tasks):
@@ -362,13 +372,20 @@ def generate(
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown device tasks {unknown}; known: {', '.join(TASKS)}")
+    if action_weights is not None:
+        bad = sorted(set(action_weights) - set(ACTIONS))
+        if bad:
+            raise ValueError(f"unknown commands in action_weights {bad}; known: {', '.join(ACTIONS)}")
+        weights = [action_weights.get(a, 1.0) for a in ACTIONS]
+        if min(weights) < 0 or not sum(weights) > 0:
+            raise ValueError(f"action_weights must be >= 0 with a positive total, got {dict(action_weights)}")
     out_dir = Path(out_dir)
     rng = random.Random(f"xmm-device:{seed}:{split}")  # str seeds are hashed deterministically (not salted)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     qa_lines, cap_lines = [], []
     report = GenerationReport(out_dir / f"{split}.jsonl", out_dir / f"{split}_captions.jsonl" if captions else None, n)
     for i in range(n):
-        ex = sample_example(rng, tasks=tasks)
+        ex = sample_example(rng, tasks=tasks, action_weights=action_weights)
         rel = f"{split}/{i:05d}" + (".jsonl" if rng.random() < jsonl_fraction else ".json")
         if rel.endswith(".jsonl"):
             body = "".join(json.dumps(s) + "\n" for s in ex.snapshots)
@@ -389,6 +406,17 @@ def generate(
     return report
 
 
+def _parse_weights(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:  # also a part without '='
+            raise ValueError(f"--action-weights wants CMD=NUMBER pairs, got '{part}'") from None
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xmm_plugin_device.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output folder")
@@ -398,11 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--no-captions", action="store_true", help="do not write the alignment (caption) manifest")
     p.add_argument("--turns", type=int, default=1, help="questions per example (a conversation about one window)")
+    p.add_argument("--action-weights", default="", metavar="CMD=W,...",
+                   help="oversample commands in training data, e.g. close_app=4 (others weigh 1)")
     args = p.parse_args(argv)
     try:
+        action_weights = _parse_weights(args.action_weights) if args.action_weights else None
         report = generate(args.out, n=args.n, seed=args.seed, split=args.split,
                           tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], captions=not args.no_captions,
-                          turns=args.turns)
+                          turns=args.turns, action_weights=action_weights)
     except ValueError as e:
         p.error(str(e))
     print(json.dumps(report.as_dict(), indent=2))
