@@ -140,10 +140,12 @@ TASKS: dict[str, DemoTask] = {
         plugin="xmm-plugin-image",
         metric="exact",
         make=_make_image,
-        # EfficientNet-Lite0's 7x7 grid of 1280-d features pooled to 3x3 (the five positions fall in distinct
-        # cells), two LLM tokens per cell with learned position vectors, plus 2 question-guided tokens: the bridge
-        # finds "the circle" itself, which a frozen 135M LLM learns only slowly from soft tokens
-        model={"encoder": "efficientnet-lite0", "encoder_config": {"pool_grid": 3},
+        # EfficientNet-Lite0's last block (320-d, before the 1x1 head conv to 1280) as a 7x7 grid pooled to 3x3 (the
+        # five positions fall in distinct cells), two LLM tokens per cell with learned position vectors, plus 2
+        # question-guided tokens: the bridge finds "the circle" itself, which a frozen 135M LLM learns only slowly
+        # from soft tokens. The block's features keep shape and place: the convert stage alone reached 0.97 held-out
+        # on them against 0.80 on the head's (6,000 images)
+        model={"encoder": "efficientnet-lite0", "encoder_config": {"pool_grid": 3, "layer": "penultimate"},
                "bridge": {"type": "guided-mlp", "tokens_per_input": 2, "position_embeddings": 18, "guided_tokens": 2}},
         sizes={
             "quick": Size(n_train=48, n_test=24, align_steps=6, convert_steps=10),
