@@ -289,8 +289,7 @@ def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | No
     LLM layer runs, so a stage of it costs milliseconds a step: it turns the question-guided read-out into the
     answer's words before an ``lm`` stage teaches the LLM to use them (the role BLIP-2's stage 1 and X-LLM's
     "convert" stage play). Averaged over modalities."""
-    from xmm.encoder import EncoderOutput
-    from xmm.model.multimodal import pad_context, turn_text_embeddings
+    from xmm.model.multimodal import turn_text_embeddings
 
     m = unwrap(model)
     if batch.labels is None or not batch.media:
@@ -308,14 +307,16 @@ def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | No
     weight = table.weight.detach().float()
     losses = []
     for modality, items in groups.items():
-        bridge = m.bridges[modality]
-        enc = EncoderOutput.pad(media_features(model, items))
-        ctx, cmask = pad_context([turn_text_embeddings(token_embeds, input_ids, it, m.placeholder_ids) for it in items], m.device)
-        out = bridge(enc.features.to(m.device, torch.float32), enc.mask.to(m.device), modality=modality,
-                     context=ctx, context_mask=cmask)
-        g = min(bridge.config.guided_tokens, ids.shape[1])
-        guided = out.embeds[:, out.embeds.shape[1] - bridge.config.guided_tokens :][:, :g].float()  # they come last
-        rows = torch.tensor([it.batch_index for it in items], device=ids.device)
+        contexts = [turn_text_embeddings(token_embeds, input_ids, it, m.placeholder_ids) for it in items]
+        embeds, _, _ = m.bridge_media(items, media_features(model, items), contexts)
+        n_guided = m.bridges[modality].config.guided_tokens
+        g = min(n_guided, ids.shape[1])
+        # the guided tokens come last; an item with no valid input token has none (its output is empty)
+        keep = [i for i, e in enumerate(embeds) if e.shape[0] >= n_guided]
+        if not keep:
+            continue
+        guided = torch.stack([embeds[i][-n_guided:][:g] for i in keep]).float()
+        rows = torch.tensor([items[i].batch_index for i in keep], device=ids.device)
         target, valid = ids[rows, :g].to(guided.device), amask[rows, :g].to(guided.device)
         if valid.any():
             losses.append(per_answer_cross_entropy(guided @ weight.T, target, valid))
