@@ -126,6 +126,8 @@ def test_action_weights_oversample_a_command_and_leave_default_data_unchanged(tm
         generate(tmp_path, n=2, action_weights={"reboot": 2})
     with pytest.raises(ValueError, match="positive total"):
         generate(tmp_path, n=2, action_weights=dict.fromkeys(ACTIONS, 0.0))
+    with pytest.raises(ValueError, match="unknown commands"):  # sample_example checks them too
+        sample_example(random.Random(0), "action", action_weights={"reboot": 2})
     bad = subprocess.run([sys.executable, "-m", "xmm_plugin_device.synthetic", str(tmp_path), "--n", "2",
                           "--action-weights", "close_app"], capture_output=True, text=True)
     assert bad.returncode == 2 and "CMD=NUMBER" in bad.stderr

@@ -284,6 +284,15 @@ class Example:
     caption: str
 
 
+def _check_action_weights(action_weights: Mapping[str, float]) -> None:
+    bad = sorted(set(action_weights) - set(ACTIONS))
+    if bad:
+        raise ValueError(f"unknown commands in action_weights {bad}; known: {', '.join(ACTIONS)}")
+    weights = [action_weights.get(a, 1.0) for a in ACTIONS]
+    if min(weights) < 0 or not sum(weights) > 0:
+        raise ValueError(f"action_weights must be >= 0 with a positive total, got {dict(action_weights)}")
+
+
 def sample_example(rng: random.Random, task: str | None = None, tasks: Sequence[str] = TASKS,
                    action_weights: Mapping[str, float] | None = None) -> Example:
     """One example for ``task`` (default: drawn by ``TASK_WEIGHTS`` among ``tasks``)."""
@@ -291,6 +300,8 @@ def sample_example(rng: random.Random, task: str | None = None, tasks: Sequence[
         task = rng.choices(list(tasks), weights=[TASK_WEIGHTS[t] for t in tasks])[0]
     if task not in QUESTIONS:
         raise ValueError(f"unknown device task '{task}'; known: {', '.join(TASKS)}")
+    if action_weights is not None:
+        _check_action_weights(action_weights)
     st, n = _scenario(rng, task, action_weights)
     raw = _snapshots(rng, st, n)
     window = load_window(raw)  # the answer is computed from exactly what the model will see
@@ -373,12 +384,7 @@ def generate(
     if unknown:
         raise ValueError(f"unknown device tasks {unknown}; known: {', '.join(TASKS)}")
     if action_weights is not None:
-        bad = sorted(set(action_weights) - set(ACTIONS))
-        if bad:
-            raise ValueError(f"unknown commands in action_weights {bad}; known: {', '.join(ACTIONS)}")
-        weights = [action_weights.get(a, 1.0) for a in ACTIONS]
-        if min(weights) < 0 or not sum(weights) > 0:
-            raise ValueError(f"action_weights must be >= 0 with a positive total, got {dict(action_weights)}")
+        _check_action_weights(action_weights)  # before any file is written
     out_dir = Path(out_dir)
     rng = random.Random(f"xmm-device:{seed}:{split}")  # str seeds are hashed deterministically (not salted)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
