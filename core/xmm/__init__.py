@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from xmm._version import __version__
 from xmm.hookspecs import hookimpl
+from xmm.threads import set_passive_wait
 
-__version__ = "0.1.0"
+# before torch loads OpenMP (xmm is imported first whenever the `xmm` command runs): waiting threads do not spin
+set_passive_wait()
 
 __all__ = ["MultimodalLM", "__version__", "get_registry", "hookimpl"]
 

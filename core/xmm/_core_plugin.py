@@ -1,4 +1,5 @@
-"""xmm-core registers its own bridges, projectors and decoders through the same hooks as any plugin."""
+"""xmm-core registers its own bridges, projectors and decoders through the same hooks as any plugin (training's
+objectives come from ``xmm.training.core_plugin``)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,13 @@ def xmm_bridges() -> dict[str, type]:
 
 @hookimpl
 def xmm_projectors() -> dict[str, type]:
-    try:
-        from xmm.projectors import PROJECTORS
-    except ImportError:  # the output side is optional until its module exists
-        return {}
+    from xmm.projectors import PROJECTORS
+
     return dict(PROJECTORS)
 
 
 @hookimpl
 def xmm_decoders() -> dict[str, Any]:
-    try:
-        from xmm.decoders import DECODERS
-    except ImportError:
-        return {}
+    from xmm.decoders import DECODERS
+
     return dict(DECODERS)

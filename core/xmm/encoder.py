@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from xmm.errors import ShapeError
+from xmm.persist import tensor_digest
 
 
 @dataclass
@@ -36,10 +37,10 @@ class EncoderOutput:
     def split(self) -> list[EncoderOutput]:
         """One ``EncoderOutput`` per item with padding removed: features ``[1, T_i, D]``."""
         out = []
-        for f, m in zip(self.features, self.mask):
-            n = int(m.sum())
-            # padding is always at the end of the token axis, so the first n tokens are the real ones
-            out.append(EncoderOutput(f[:n].unsqueeze(0), m[:n].unsqueeze(0)))
+        # one read of the device for every item's length; padding is always at the end of the token axis, so the
+        # first n tokens are the real ones
+        for i, n in enumerate(self.mask.sum(1).tolist()):
+            out.append(EncoderOutput(self.features[i : i + 1, :n], self.mask[i : i + 1, :n]))
         return out
 
     @staticmethod
@@ -107,6 +108,11 @@ class Encoder(nn.Module):
         """JSON-able settings that change :meth:`preprocess`'s output; part of the feature-cache key."""
         return {}
 
+    def num_output_tokens(self) -> int | None:
+        """T, the tokens :meth:`forward` gives per item when that is fixed (a 7 x 7 feature grid: 49); None when it
+        depends on the input (audio length, number of frames). The bridge maps it to the LLM positions an item takes."""
+        return None
+
     # -- helpers ----------------------------------------------------------------------------------
     @property
     def frozen(self) -> bool:
@@ -131,7 +137,7 @@ class Encoder(nn.Module):
         weights for a ``trainable`` encoder (its revision names the architecture, not weights that training changes)."""
         fp: dict[str, Any] = {"id": self.id, "revision": self.revision, "preprocess": self.preprocess_config()}
         if self.trainable:
-            fp["weights"] = weights_digest(self)
+            fp["weights"] = tensor_digest(self)
         return fp
 
     @property
@@ -149,22 +155,9 @@ class Encoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._frozen):
             return self(**batch)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-
 
 def weights_digest(module: nn.Module) -> str:
-    """sha256 over a module's parameters and buffers (names, dtypes, shapes, bytes), in state-dict order."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def freeze_module(module: nn.Module) -> nn.Module:
-    """Turn off gradients for every parameter of ``module`` and put it in eval mode."""
-    module.requires_grad_(False)
-    module.eval()
-    return module
+    """Deprecated alias of :func:`xmm.persist.tensor_digest` (same digest)."""
+    warnings.warn("xmm.encoder.weights_digest is deprecated; use xmm.persist.tensor_digest", DeprecationWarning,
+                  stacklevel=2)
+    return tensor_digest(module)

@@ -6,7 +6,9 @@ file or an input name it (``source``) and say what is wrong, so the message alon
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -38,6 +40,17 @@ class MissingDependencyError(XmmError, ImportError):
             command = f"pip install 'xmm-core[{extra}]'" if extra else f"pip install {package}"
         why = f" (needed for {purpose})" if purpose else ""
         super().__init__(f"'{package}' is not installed{why}. Install it with: {command}")
+
+
+def import_optional(module: str, *, extra: str, purpose: str, package: str | None = None) -> ModuleType:
+    """Import the optional dependency ``module`` (e.g. ``"matplotlib.pyplot"``), or raise
+    :class:`MissingDependencyError` naming ``package`` (default: the top-level module) and the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module != e.name and not module.startswith(e.name + "."):
+            raise  # installed, but one of its own dependencies is missing: the original error says which
+        raise MissingDependencyError(package or module.split(".")[0], extra=extra, purpose=purpose) from e
 
 
 class PluginError(XmmError):
@@ -78,6 +91,17 @@ class SchemaError(MediaError):
     """Structured input (e.g. device telemetry) fails its schema; the message points at the field."""
 
 
+class UnsafePathError(MediaError):
+    """A path leaves the folder it must stay in (a dataset's media root, a checkpoint), or is a URL; it is refused
+    without being opened. ``detail`` is the message without the input prefix; ``kind`` the bad-sample category."""
+
+    kind = "unsafe_path"
+
+    def __init__(self, message: str, *, source: Any = None, modality: str | None = None) -> None:
+        self.detail = message
+        super().__init__(message, source=source, modality=modality)
+
+
 class ShapeError(XmmError, ValueError):
     """A tensor has the wrong shape; the message names the expected shape."""
 
@@ -96,6 +120,11 @@ class CheckpointError(XmmError):
 
 class IncompatibleCheckpointError(CheckpointError):
     """A checkpoint was made for another LLM, encoder or plugin set; the message says what it expects."""
+
+
+class StorageError(XmmError, OSError):
+    """Writing or reading failed because of the environment (disk full, read-only folder, a file where a folder is
+    expected, no permission); the message names the path and the problem."""
 
 
 class ModelNotFoundError(XmmError):

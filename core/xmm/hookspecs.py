@@ -46,3 +46,20 @@ def xmm_projectors() -> dict[str, type[Any]]:
 @hookspec
 def xmm_decoders() -> dict[str, Callable[..., Decoder]]:
     """Return decoder factories by name; each is called with the decoder config as keyword arguments."""
+
+
+@hookspec
+def xmm_objectives() -> dict[str, Any]:
+    """Return training objectives by name (``xmm.objective.Objective`` objects) that a stage can name."""
+
+
+@hookspec
+def xmm_recipes() -> dict[str, Any]:
+    """Return recommended training recipes by name (``xmm.recipes.Recipe``): the stages, bridge, objectives and
+    step counts a modality's author recommends; ``xmm init plan`` and the demo build plans from them."""
+
+
+@hookspec
+def xmm_demo_tasks() -> dict[str, Any]:
+    """Return demo tasks by name (``xmm.recipes.DemoTask``): synthetic data with known answers, a recipe and a
+    metric, which ``xmm demo`` trains and scores."""

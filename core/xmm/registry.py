@@ -8,24 +8,35 @@ taken is recorded (distribution, version, error) and skipped; with ``XMM_STRICT_
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import logging
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from xmm import hookspecs
-from xmm.errors import PluginError, RegistryError
+from xmm import hookspecs, pretrained
+from xmm.errors import CheckpointError, IncompatibleCheckpointError, PluginError, RegistryError
+from xmm.persist import CONFIG_NAME, read_config_json, validate_config
+
+if TYPE_CHECKING:
+    from xmm.bridges.base import Bridge
+    from xmm.projectors.base import Projector
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "xmm"
-KINDS = ("modalities", "encoders", "bridges", "projectors", "decoders")
-_SINGULAR = {"modalities": "modality", "encoders": "encoder", "bridges": "bridge", "projectors": "projector", "decoders": "decoder"}
+KINDS = ("modalities", "encoders", "bridges", "projectors", "decoders", "objectives", "recipes", "demo_tasks")
+_SINGULAR = {"modalities": "modality", "encoders": "encoder", "bridges": "bridge", "projectors": "projector",
+             "decoders": "decoder", "objectives": "objective", "recipes": "recipe", "demo_tasks": "demo task"}
+# core's own plugin modules, registered like any plugin; named by module path (as entry points are), so the
+# registry does not import the layers above it
+CORE_PLUGINS = ("xmm._core_plugin", "xmm.training.core_plugin")
 
 
 @dataclass
@@ -40,6 +51,9 @@ class PluginInfo:
     bridges: list[str] = field(default_factory=list)
     projectors: list[str] = field(default_factory=list)
     decoders: list[str] = field(default_factory=list)
+    objectives: list[str] = field(default_factory=list)
+    recipes: list[str] = field(default_factory=list)
+    demo_tasks: list[str] = field(default_factory=list)
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -52,6 +66,9 @@ class PluginInfo:
             "encoders": self.encoders,
             "decoders": self.decoders,
             "projectors": self.projectors,
+            "objectives": self.objectives,
+            "recipes": self.recipes,
+            "demo_tasks": self.demo_tasks,
         }
         if self.error:
             d["error"] = self.error
@@ -79,10 +96,14 @@ class Registry:
         self.bridges: dict[str, type] = {}
         self.projectors: dict[str, type] = {}
         self.decoders: dict[str, Callable[..., Any]] = {}
+        self.objectives: dict[str, Any] = {}
+        self.recipes: dict[str, Any] = {}
+        self.demo_tasks: dict[str, Any] = {}
         self._owner: dict[tuple[str, str], str] = {}
-        from xmm import _core_plugin
-
-        self.register(_core_plugin, name="xmm-core", distribution="xmm-core", version=_version())
+        for module in CORE_PLUGINS:
+            core = importlib.import_module(module)
+            name = "xmm-core" if module == CORE_PLUGINS[0] else f"xmm-core:{module.rsplit('.', 2)[-2]}"
+            self.register(core, name=name, distribution="xmm-core", version=_version())
         if entry_points:
             self.load_entry_points()
 
@@ -189,15 +210,41 @@ class Registry:
     def create_decoder(self, name: str, **config: Any) -> Any:
         return self._get("decoders", name)(**config)
 
+    def objective(self, name: str) -> Any:
+        return self._get("objectives", name)
+
+    def recipe(self, name: str) -> Any:
+        return self._get("recipes", name)
+
+    def demo_task(self, name: str) -> Any:
+        return self._get("demo_tasks", name)
+
     def create_bridge(self, config: dict[str, Any] | Any) -> Any:
         """Build a bridge from a config dict (with ``type``) or a validated config object."""
-        from xmm.bridges.base import validate_config
+        return self._create("bridges", config)
 
-        data = config if isinstance(config, dict) else config.model_dump()
-        cls = self.bridge_class(data.get("type", ""))
+    def create_projector(self, config: dict[str, Any] | Any) -> Any:
+        """Build an output projector from a config dict (with ``type``) or a validated config object."""
+        return self._create("projectors", config)
+
+    def _create(self, kind: str, config: dict[str, Any] | Any) -> Any:
+        # a dict is validated by the class its ``type`` names (errors name the field); an object is used as it is
+        name = config.get("type", "") if isinstance(config, dict) else getattr(config, "type", "")
+        cls = self._get(kind, str(name))
         if isinstance(config, dict):
             config = validate_config(cls.config_class, config)
         return cls(config)
+
+    def load_saved(self, kind: str, folder: str | os.PathLike[str]) -> Any:
+        """Load a ``config.json`` + ``model.safetensors`` folder with the ``kind`` class its saved ``type`` names."""
+        folder = Path(folder)
+        singular = _SINGULAR[kind]
+        cfg = read_config_json(folder, kind=singular)
+        try:
+            cls = self._get(kind, str(cfg.get("type", "")))
+        except RegistryError as e:
+            raise IncompatibleCheckpointError(f"{folder / CONFIG_NAME}: {e}") from e
+        return cls.from_saved(folder, cfg)
 
     def owner(self, kind: str, name: str) -> str | None:
         return self._owner.get((kind, name))
@@ -223,7 +270,45 @@ def reset_registry() -> None:
         _REGISTRY = None
 
 
+def load_bridge(
+    source: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    download: bool = True,
+    registry: Registry | None = None,
+    **hub_kwargs: Any,
+) -> Bridge:
+    """Load a bridge saved with ``save_pretrained`` from a local folder or a Hub repo id (``subfolder``, e.g.
+    ``bridges/image``, picks one bridge of a checkpoint repo), with the class its saved ``type`` names.
+
+    A repo id is looked up in the Hugging Face cache and downloaded when missing (``download=False`` or
+    ``HF_HUB_OFFLINE=1``: the cache only); ``hub_kwargs`` (``cache_dir``, ``token``) go to the download.
+    """
+    folder = pretrained.resolve(source, revision=revision, subfolder=subfolder, download=download,
+                                must_contain=CONFIG_NAME, what="bridge", **hub_kwargs)
+    return (registry or get_registry()).load_saved("bridges", folder)
+
+
+def load_projector(directory: str | os.PathLike[str], *, registry: Registry | None = None) -> Projector:
+    """Load an output projector folder saved with ``save_pretrained``, with the class its saved ``type`` names."""
+    folder = Path(directory)
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{folder}: no projector {CONFIG_NAME} there")
+    return (registry or get_registry()).load_saved("projectors", folder)
+
+
+def projector_class(name: str) -> type[Projector]:
+    """The projector class registered under ``name`` (core or plugin)."""
+    return get_registry().projector_class(name)
+
+
+def create_projector(config: dict[str, Any] | Any) -> Projector:
+    """Build a projector from a config dict with ``type`` (validated; errors name the field) or a config object."""
+    return get_registry().create_projector(config)
+
+
 def _version() -> str:
-    from xmm import __version__
+    from xmm._version import __version__
 
     return __version__

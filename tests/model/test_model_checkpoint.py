@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ def _perturb(model: MultimodalLM) -> None:
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+                p.add_(torch.randn(p.shape, generator=g).to(p.device) * 0.1)
 
 
 def _tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -52,7 +51,8 @@ def test_roundtrip_saves_only_trained_parts(registry, tiny_llm, tiny_llm_dir: Pa
                      "encoders/device/model.safetensors", "lora/adapter_config.json", "lora/adapter_model.safetensors",
                      "new_tokens.safetensors", "xmm.json"]
     # no LLM weight and no frozen encoder weight is written: every tensor is a bridge, LoRA, new-token or device-encoder one
-    frozen = [p for n, p in model.llm.named_parameters() if "lora_" not in n and "new" not in n]
+    adapters = {id(p) for p in model.lora_parameters().values()}
+    frozen = [p for n, p in model.llm.named_parameters() if id(p) not in adapters and "new" not in n]
     saved = _tensors(ck)
     for name, t in saved.items():
         assert name.startswith(("bridges/", "lora/", "new_tokens", "encoders/device/")), name
@@ -93,11 +93,12 @@ def test_shared_bridge_saved_once(registry, tiny_llm, tiny_llm_dir: Path, tiny_c
 
 def test_other_llm_is_rejected_with_what_is_expected(tiny_model, tmp_path: Path, tiny_llm_dir: Path) -> None:
     ck = tiny_model.save_pretrained(tmp_path / "ck")
-    other, tok, info = load_llm(str(tiny_llm_dir))
+    other = load_llm(str(tiny_llm_dir))
     with torch.no_grad():
-        other.get_input_embeddings().weight[5] += 1.0
+        other.model.get_input_embeddings().weight[5] += 1.0
+    other = dataclasses.replace(other, info=dataclasses.replace(other.info, id="someone/else", revision="r2"))
     with pytest.raises(IncompatibleCheckpointError) as e:
-        MultimodalLM.from_pretrained(ck, llm=(other, tok, {**info, "id": "someone/else", "revision": "r2"}))
+        MultimodalLM.from_pretrained(ck, llm=other)
     msg = str(e.value)
     fp = json.loads((ck / "xmm.json").read_text())["llm"]["embedding_fingerprint"]
     assert f"trained on LLM '{tiny_llm_dir}' (revision tiny, embedding fingerprint {fp})" in msg
@@ -138,32 +139,34 @@ def test_resave_keeps_foreign_files_and_refuses_other_dirs(tiny_model, tmp_path:
         MultimodalLM.from_pretrained(tmp_path / "nothing" / "here")
 
 
-def test_repo_ids_go_through_the_hub_helper(tiny_model, tmp_path: Path, tiny_llm_dir: Path, monkeypatch) -> None:
+def test_repo_ids_go_through_xmm_pretrained(tiny_model, tmp_path: Path, tiny_llm_dir: Path, monkeypatch) -> None:
     ck = tiny_model.save_pretrained(tmp_path / "ck")
     calls = []
-    fake = types.ModuleType("xmm.hub")
 
-    def snapshot_checkpoint(repo_id, revision=None):
-        calls.append((repo_id, revision))
+    def snapshot(repo_id, *, revision=None, download=False, **_):
+        calls.append((repo_id, revision, download))
         return ck
 
-    fake.snapshot_checkpoint = snapshot_checkpoint
-    monkeypatch.setitem(sys.modules, "xmm.hub", fake)
-    import xmm
+    import xmm.pretrained
 
-    monkeypatch.setattr(xmm, "hub", fake, raising=False)
+    monkeypatch.setattr(xmm.pretrained, "snapshot", snapshot)
     MultimodalLM.from_pretrained("someone/tiny-xmm", revision="v1", llm=load_llm(str(tiny_llm_dir)))
-    assert calls == [("someone/tiny-xmm", "v1")]
+    assert calls == [("someone/tiny-xmm", "v1", True)]
 
 
 def test_llm_of_an_earlier_model_can_be_reused(tiny_model, tmp_path: Path, tiny_llm_dir: Path, tiny_config, registry) -> None:
     ck = tiny_model.save_pretrained(tmp_path / "ck")
     ref = tiny_model.generate("hi", max_new_tokens=5).token_ids
-    again = MultimodalLM.from_pretrained(ck, llm=(tiny_model.llm, tiny_model.tokenizer, tiny_model.llm_info))
+    again = MultimodalLM.from_pretrained(ck, llm=tiny_model.loaded_llm)
     assert again.generate("hi", max_new_tokens=5).token_ids == ref
     assert type(again.llm.get_input_embeddings().base).__name__ == "Embedding"  # wrapped once, not twice
-    lora = MultimodalLM.from_config(tiny_config(lora={"r": 2}), llm=(again.llm, again.tokenizer, again.llm_info), registry=registry)
+    lora = MultimodalLM.from_config(tiny_config(lora={"r": 2}), llm=again.loaded_llm, registry=registry)
     from xmm.errors import ConfigError
 
     with pytest.raises(ConfigError, match="carries LoRA adapters"):
-        MultimodalLM.from_config(tiny_config(), llm=(lora.llm, lora.tokenizer, lora.llm_info), registry=registry)
+        MultimodalLM.from_config(tiny_config(), llm=lora.loaded_llm, registry=registry)
+    # the old (model, tokenizer, info) tuple still works for one release, with a warning
+    fresh = load_llm(str(tiny_llm_dir))
+    with pytest.warns(DeprecationWarning, match="LoadedLLM"):
+        old = MultimodalLM.from_pretrained(ck, llm=(fresh.model, fresh.tokenizer, fresh.info.as_dict()))
+    assert old.generate("hi", max_new_tokens=5).token_ids == ref

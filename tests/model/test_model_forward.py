@@ -40,7 +40,8 @@ def test_spliced_positions_are_exactly_the_placeholders(tiny_model, media_dir: P
         # padding stays on its side
         pads = (~new_real).nonzero().squeeze(-1)
         if len(pads):
-            assert (pads == (torch.arange(len(pads)) if side == "left" else torch.arange(new_real.sum(), sp.attention_mask.shape[1]))).all()
+            expected = torch.arange(len(pads)) if side == "left" else torch.arange(new_real.sum(), sp.attention_mask.shape[1])
+            assert (pads == expected.to(pads.device)).all()
         got_embeds = sp.inputs_embeds[b][new_real]
         got_media = sp.media_mask[b][new_real]
         got_labels = sp.labels[b][new_real]
@@ -147,7 +148,7 @@ def test_text_branch_vocabulary_defaults_to_the_tokenizer(registry, tiny_llm, ti
     qformer = {"type": "qformer", "num_queries": 2, "num_layers": 2, "hidden_size": 16, "num_heads": 2,
                "intermediate_size": 32, "text_branch": True}
     model = MultimodalLM.from_config(tiny_config(modalities={"image": {"bridge": qformer}}), llm=tiny_llm, registry=registry)
-    assert model.bridges["image"].config.vocab_size == tiny_llm[0].config.vocab_size
+    assert model.bridges["image"].config.vocab_size == tiny_llm.model.config.vocab_size
     explicit = MultimodalLM.from_config(tiny_config(modalities={"image": {"bridge": {**qformer, "vocab_size": 99}}}),
                                         llm=tiny_llm, registry=registry)
     assert explicit.bridges["image"].config.vocab_size == 99
@@ -214,7 +215,7 @@ def test_instruction_aware_bridge_reads_the_text_of_its_own_turn(registry, tiny_
             keep = [int(t) for t in ids[start:end] if int(t) not in model.placeholder_ids]
             n = int(cmask[row].sum())
             assert n == len(keep)
-            torch.testing.assert_close(ctx[row, :n], table(torch.tensor(keep)).float())
+            torch.testing.assert_close(ctx[row, :n], table(torch.tensor(keep, device=ctx.device)).float())
     # the question steers the guided tokens (the last G rows of the bridge output), not the per-token ones
     def bridge_out(question: str) -> torch.Tensor:
         seen.clear()

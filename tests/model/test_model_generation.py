@@ -12,11 +12,13 @@ from xmm.model import GenerationResult
 PROMPTS = ["What is the capital of France?", "hi"]
 
 
-def _plain(llm_dir: Path, prompts: list[str], **kw) -> list[list[int]]:
-    model, tok, _ = load_llm(str(llm_dir))
+def _plain(llm_dir: Path, prompts: list[str], device: torch.device, **kw) -> list[list[int]]:
+    """The plain LLM's answers, on ``device``: sampling draws from that device's generator."""
+    loaded = load_llm(str(llm_dir), device=str(device))
+    model, tok = loaded.model, loaded.tokenizer
     tok.padding_side = "left"
     texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     out = model.generate(**enc, max_new_tokens=8, **kw)[:, enc["input_ids"].shape[1]:]
     rows = []
     for row in out.tolist():
@@ -26,7 +28,7 @@ def _plain(llm_dir: Path, prompts: list[str], **kw) -> list[list[int]]:
 
 
 def test_text_only_greedy_equals_plain_llm_batched(tiny_model, tiny_llm_dir: Path) -> None:
-    ref = _plain(tiny_llm_dir, PROMPTS, do_sample=False)
+    ref = _plain(tiny_llm_dir, PROMPTS, tiny_model.device, do_sample=False)
     res = tiny_model.generate([[{"role": "user", "content": p}] for p in PROMPTS], max_new_tokens=8)
     assert isinstance(res, GenerationResult)
     assert res.token_ids == ref
@@ -36,7 +38,7 @@ def test_text_only_greedy_equals_plain_llm_batched(tiny_model, tiny_llm_dir: Pat
 
 def test_text_only_sampling_equals_plain_llm_with_same_seed(tiny_model, tiny_llm_dir: Path) -> None:
     torch.manual_seed(123)
-    ref = _plain(tiny_llm_dir, PROMPTS[:1], do_sample=True, temperature=0.8, top_p=0.9)
+    ref = _plain(tiny_llm_dir, PROMPTS[:1], tiny_model.device, do_sample=True, temperature=0.8, top_p=0.9)
     res = tiny_model.generate(PROMPTS[0], max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, seed=123)
     assert res.token_ids == ref
     again = tiny_model.generate(PROMPTS[0], max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, seed=123)

@@ -25,7 +25,8 @@ def _plain_greedy(llm, tok, prompts: list[str], *, bf16: bool) -> list[list[int]
 
 
 def test_text_only_equals_plain_smollm2_and_a_bridge_end_to_end(registry, smollm2_dir: Path, media_dir: Path, tmp_path: Path) -> None:
-    llm, tok, info = load_llm()
+    loaded = load_llm()
+    llm, tok = loaded.model, loaded.tokenizer
     ref32 = _plain_greedy(llm, tok, PROMPTS, bf16=False)
     ref16 = _plain_greedy(llm, tok, PROMPTS, bf16=True)
     assert tok.decode(ref32[0], skip_special_tokens=True) == "The capital of France is Paris."
@@ -33,7 +34,7 @@ def test_text_only_equals_plain_smollm2_and_a_bridge_end_to_end(registry, smollm
     # a Q-Former bridge (small) for the tiny test image modality; placeholders are added to SmolLM2's tokenizer
     qformer = {"type": "qformer", "num_queries": 4, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128}
     model = MultimodalLM.from_config({"modalities": {"image": {"bridge": qformer}, "audio": {}}, "autocast": "off"},
-                                     llm=(llm, tok, info), registry=registry)
+                                     llm=loaded, registry=registry)
     convs = [[{"role": "user", "content": p}] for p in PROMPTS]
     assert model.generate(convs, max_new_tokens=10).token_ids == ref32
     model.config = model.config.model_copy(update={"autocast": "bf16"})

@@ -57,7 +57,7 @@ def test_baked_plugin_installs_is_listed_and_passes_its_own_tests(venv, tmp_path
 
     tests = _run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=path)
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
-    assert "5 passed" in tests.stdout
+    assert "6 passed" in tests.stdout
 
     # this environment is untouched: the plugin exists only in the fresh venv
     assert _run([sys.executable, "-c", "import xmm_plugin_thermal"]).returncode != 0

@@ -1,5 +1,6 @@
-"""Fixtures of the trainer tests: a tiny random Llama with a tiny tokenizer on disk, the `vec` test modality,
-and a synthetic task (a vector's pattern -> a colour word) written as JSONL manifests."""
+"""Fixtures of the trainer tests: the `vec` test modality over xmm.testing's tiny LLM, and a synthetic task (a
+vector's pattern -> a colour word) written as JSONL manifests. The helpers are served as fixtures of the same name
+(``write_task``, ``tiny_plan``, ``write_plan``, ``subprocess_env``), never imported from this conftest."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,39 +16,10 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 COLOURS = ["red", "green", "blue", "yellow"]
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def make_tiny_llm(path: Path) -> Path:
-    """A 2-layer random Llama (hidden 32) and a byte-level BPE tokenizer with a ChatML template, saved to `path`."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["Which colour is it? " + " ".join(COLOURS), "user assistant system", "What is the vector?"] * 20
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    fast.chat_template = CHATML
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                      bos_token_id=fast.bos_token_id)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = fast.eos_token_id
-    model.generation_config.pad_token_id = fast.pad_token_id
-    model.save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
+# the `vec` test modality (xmm_tiny_training_plugin) is imported by name, by this process and by the `xmm` processes
+# the tests start (subprocess_env puts this folder on their PYTHONPATH)
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 
 def write_task(root: Path, n: int, *, name: str = "train.jsonl", seed: int = 0, bad_lines: bool = False) -> Path:
@@ -114,24 +87,35 @@ def subprocess_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
-
-
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    import torch
+def _trainer_tests(xmm_home: Path, one_thread: None) -> None:
+    """Every trainer test runs in an empty $XMM_HOME with one torch thread (xmm.testing fixtures)."""
 
-    monkeypatch.setenv("XMM_HOME", str(tmp_path / "xmm_home"))
-    monkeypatch.setenv("XMM_NO_PROGRESS", "1")
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    # tiny models gain nothing from more threads, and on a busy CPU spinning OpenMP threads make them 5x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+@pytest.fixture(name="write_task")
+def _write_task() -> Callable[..., Path]:
+    return write_task
+
+
+@pytest.fixture(name="tiny_plan")
+def _tiny_plan() -> Callable[..., dict[str, Any]]:
+    return tiny_plan
+
+
+@pytest.fixture(name="write_plan")
+def _write_plan() -> Callable[..., Path]:
+    return write_plan
+
+
+@pytest.fixture(name="subprocess_env")
+def _subprocess_env() -> Callable[[Path], dict[str, str]]:
+    return subprocess_env
+
+
+@pytest.fixture
+def colours() -> list[str]:
+    """The answers of the `vec` task, in the order of the vector's hot position."""
+    return list(COLOURS)
 
 
 @pytest.fixture
@@ -142,13 +126,13 @@ def task_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_model(tiny_llm: Path) -> Any:
-    """A MultimodalLM: tiny Llama + `vec` modality with an MLP bridge."""
+def tiny_model(tiny_llm_dir: Path, device: Any) -> Any:
+    """A MultimodalLM on the test device: xmm.testing's tiny Llama + `vec` modality with an MLP bridge."""
+    import torch
     from xmm.model import MultimodalLM
     from xmm.training.plugins import import_plugins
 
     import_plugins(["xmm_tiny_training_plugin"])
-    import torch
-
     torch.manual_seed(0)
-    return MultimodalLM.from_config({"llm": str(tiny_llm), "modalities": {"vec": {}}, "autocast": "off"})
+    return MultimodalLM.from_config({"llm": str(tiny_llm_dir), "modalities": {"vec": {}}, "autocast": "off",
+                                     "device": str(device)})

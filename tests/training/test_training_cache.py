@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import write_task
 from xmm.encoder import EncoderOutput
 from xmm.training.cache import CachedFeatureProvider, FeatureCache, feature_key
 from xmm.training.data import BadSamples, ManifestDataset
@@ -60,7 +59,7 @@ def test_two_writers_share_a_folder_and_half_written_shards_are_ignored(tmp_path
     assert set(fresh._where) == {"x", "y"}
 
 
-def test_provider_serves_hits_and_bypasses_trained_encoders(tmp_path: Path, tiny_model) -> None:
+def test_provider_serves_hits_and_bypasses_trained_encoders(tmp_path: Path, tiny_model, write_task) -> None:
     from xmm_tiny_training_plugin import VecEncoder
 
     path = write_task(tmp_path / "task", 4)
@@ -108,7 +107,7 @@ def test_trainable_encoder_key_follows_its_weights() -> None:
     assert "weights" not in VecEncoder().fingerprint()  # pretrained encoders are identified by their revision
 
 
-def test_provider_hashes_each_file_once_until_it_changes(tmp_path: Path, tiny_model, monkeypatch) -> None:
+def test_provider_hashes_each_file_once_until_it_changes(tmp_path: Path, tiny_model, monkeypatch, write_task) -> None:
     """Every epoch collates new media items; the provider must not re-read and re-hash unchanged files each time."""
     import os
 

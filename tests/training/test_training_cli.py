@@ -6,17 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import COLOURS, tiny_plan, write_plan, write_task
 from typer.testing import CliRunner
 from xmm.cli.main import app
 from xmm.training import evaluate
 
 
-def test_train_cache_and_eval_commands(tmp_path: Path, tiny_llm: Path) -> None:
+def test_train_cache_and_eval_commands(tmp_path: Path, tiny_llm_dir: Path, tiny_plan, write_plan, write_task) -> None:
     from xmm_tiny_training_plugin import VecEncoder
 
     write_task(tmp_path, 8, bad_lines=True)
-    plan = write_plan(tmp_path, tiny_plan(tmp_path, tiny_llm, stage={"max_steps": 2}))
+    plan = write_plan(tmp_path, tiny_plan(tmp_path, tiny_llm_dir, stage={"max_steps": 2}))
     runner = CliRunner()
     before = VecEncoder.calls
     res = runner.invoke(app, ["cache", "build", str(plan), "--json"])
@@ -44,7 +43,7 @@ def test_train_cache_and_eval_commands(tmp_path: Path, tiny_llm: Path) -> None:
     assert res.exit_code != 0 and "unknown metric 'bleu'" in str(res.exception or res.output)
 
 
-def test_evaluate_scores_generated_answers(tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_scores_generated_answers(tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch, colours, write_task) -> None:
     path = write_task(tmp_path, 8, bad_lines=True)
     batches = []
 
@@ -54,8 +53,8 @@ def test_evaluate_scores_generated_answers(tmp_path: Path, tiny_model, monkeypat
         media = conv["messages"][0]["content"][0]["path"]
         if "corrupt" in media:
             return "purple"
-        i = int(media.split("-")[1].split(".")[0])
-        return f" {COLOURS[i % 4].upper()}!" if i < 6 else "purple"
+        i = int(Path(media).name.split("-")[1].split(".")[0])  # media paths arrive resolved
+        return f" {colours[i % 4].upper()}!" if i < 6 else "purple"
 
     def fake_generate(convs, max_new_tokens, do_sample, **kwargs):
         assert not do_sample and not kwargs.get("run_decoders", True)
@@ -66,7 +65,15 @@ def test_evaluate_scores_generated_answers(tmp_path: Path, tiny_model, monkeypat
     out = evaluate(tiny_model, path, "exact", batch_size=3)
     # 8 examples + one whose file only fails when decoded (the fake never decodes): 9 scored, 6 right;
     # the bad JSON line and the missing file are skipped
-    assert out == {"n": 9, "score": pytest.approx(6 / 9), "metric": "exact", "skipped": 2}
+    assert {k: out[k] for k in ("n", "score", "metric", "skipped")} == {"n": 9, "score": pytest.approx(6 / 9),
+                                                                         "metric": "exact", "skipped": 2}
+    # by expected answer: red/green right twice each (examples 0, 4 / 1, 5); blue/yellow wrong for 6, 7 and the
+    # corrupt file (a red example answered purple)
+    assert out["by_answer"] == {"red": {"n": 3, "score": pytest.approx(2 / 3), "wrong": {"purple": 1}},
+                                "blue": {"n": 2, "score": 0.5, "wrong": {"purple": 1}},
+                                "green": {"n": 2, "score": 1.0, "wrong": {}},
+                                "yellow": {"n": 2, "score": 0.5, "wrong": {"purple": 1}}}
+    assert "by_task" not in out  # no example names a meta.task
     assert batches == [3, 3, 3]
     assert evaluate(tiny_model, path, "wer", limit=2)["score"] == 0.0
     assert evaluate(tiny_model, path, "wer", limit=8)["score"] == pytest.approx(2 / 8)

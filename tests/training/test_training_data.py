@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_task
 from xmm.errors import TrainingError
 from xmm.training.data import (
     BadSamples,
@@ -19,7 +18,7 @@ from xmm.training.data import (
 )
 
 
-def test_manifest_skips_and_counts_bad_lines(tmp_path: Path, tiny_model) -> None:
+def test_manifest_skips_and_counts_bad_lines(tmp_path: Path, tiny_model, write_task) -> None:
     path = write_task(tmp_path, 5, bad_lines=True)
     with path.open("a") as f:
         f.write(json.dumps({"messages": [{"role": "user", "content": [{"type": "smell", "path": "x"}]},
@@ -39,13 +38,13 @@ def test_manifest_skips_and_counts_bad_lines(tmp_path: Path, tiny_model) -> None
     assert bad.total == 4
 
 
-def test_fail_policy_names_the_line(tmp_path: Path, tiny_model) -> None:
+def test_fail_policy_names_the_line(tmp_path: Path, tiny_model, write_task) -> None:
     path = write_task(tmp_path, 2, bad_lines=True)
     with pytest.raises(TrainingError, match=r"train.jsonl:3: .*on_bad_sample: fail"):
         read_manifest(path, tiny_model.specs, BadSamples("fail"))
 
 
-def test_extra_keys_reach_the_collator(tmp_path: Path, tiny_model) -> None:
+def test_extra_keys_reach_the_collator(tmp_path: Path, tiny_model, write_task) -> None:
     path = write_task(tmp_path, 1)
     line = json.loads(path.read_text())
     line["meta"] = {"caption": "hi"}
@@ -54,7 +53,7 @@ def test_extra_keys_reach_the_collator(tmp_path: Path, tiny_model) -> None:
     assert ds[0]["meta"] == {"caption": "hi"} and ds[0]["source"].endswith("train.jsonl:1")
 
 
-def test_safe_collator_drops_undecodable_media(tmp_path: Path, tiny_model) -> None:
+def test_safe_collator_drops_undecodable_media(tmp_path: Path, tiny_model, write_task) -> None:
     path = write_task(tmp_path, 3, bad_lines=True)
     bad = BadSamples()
     ds = ManifestDataset.from_manifests([path], tiny_model.specs, bad)

@@ -5,17 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from xmm.testing import build_tiny_llm
 from xmm.training import attention
 from xmm.training.attention import NAME, attention_forward, use_training_attention
 
 
 def _tiny_llama(impl: str = "sdpa"):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, attn_implementation=impl)
-    return LlamaForCausalLM(cfg).eval()
+    return build_tiny_llm(vocab_size=64, attn_implementation=impl)
 
 
 def _batch():

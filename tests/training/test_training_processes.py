@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import subprocess_env, tiny_plan, write_plan, write_task
 from safetensors.torch import load_file
 from xmm.training.loop import train
 
@@ -26,13 +25,17 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(tmp_path: Path, tiny_llm: Path) -> None:
+def test_torchrun_two_processes_match_one(tmp_path: Path, tiny_llm_dir: Path, subprocess_env, tiny_plan, write_plan, write_task,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # both runs on the CPU (gloo), also where CUDA is visible: two ranks cannot share one GPU ("invalid device ordinal")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     write_task(tmp_path, 16, bad_lines=True)
-    plan = tiny_plan(tmp_path, tiny_llm, stage={"max_steps": 4, "batch_size": 4})
+    plan = tiny_plan(tmp_path, tiny_llm_dir, stage={"max_steps": 4, "batch_size": 4})
     path = write_plan(tmp_path, {**plan, "output_dir": "ddp"})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "xmm.cli.main", "train", str(path), "--json"]
-    proc = subprocess.run(cmd, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    env = {**subprocess_env(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     sums = summary["stages"][0]["rank_checksums"]
@@ -49,9 +52,9 @@ def test_torchrun_two_processes_match_one(tmp_path: Path, tiny_llm: Path) -> Non
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, tiny_llm: Path) -> None:
+def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, tiny_llm_dir: Path, subprocess_env, tiny_plan, write_plan, write_task) -> None:
     write_task(tmp_path, 16)
-    plan = tiny_plan(tmp_path, tiny_llm, stage={"max_steps": 4}, checkpoint_every=3)
+    plan = tiny_plan(tmp_path, tiny_llm_dir, stage={"max_steps": 4}, checkpoint_every=3)
     plan["stages"].append({
         "name": "tune", "trainable": ["bridge:vec", "llm:lora"], "data": {"train": "train.jsonl"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},  # dropout: RNG matters

@@ -52,6 +52,9 @@ class VecEncoder(Encoder):
     def preprocess(self, raw: Any) -> dict[str, torch.Tensor]:
         return {"x": raw.float() * self.scale}
 
+    def num_output_tokens(self) -> int:
+        return TOKENS
+
     def preprocess_config(self) -> dict[str, Any]:
         return {"scale": self.scale}
 
@@ -68,8 +71,8 @@ class TrainableVecEncoder(VecEncoder):
 
 @hookimpl
 def xmm_modalities() -> list[ModalitySpec]:
-    return [ModalitySpec(name="vec", placeholder="<vec>", load=load_vec, default_encoder="tiny-vec",
-                         default_bridge="mlp", default_bridge_config={"hidden_dim": 32}, num_query_tokens=TOKENS,
+    return [ModalitySpec(name="vec", placeholder="<vec>", load=load_vec, encoder="tiny-vec",
+                         bridge={"type": "mlp", "hidden_dim": 32},
                          file_extensions=(".vec",))]
 
 

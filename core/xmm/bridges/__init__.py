@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
+# importing the modules runs their decorators
+from xmm.bridges import cformer, grouping, guided, linear, perceiver, qformer, stack  # noqa: F401
+from xmm.bridges._registry import BRIDGES, register_bridge
 from xmm.bridges.base import Bridge, BridgeConfig, BridgeOutput
-
-BRIDGES: dict[str, type[Bridge]] = {}
-
-T = TypeVar("T", bound=type[Bridge])
-
-
-def register_bridge(name: str) -> Callable[[T], T]:
-    """Class decorator: add a core bridge to ``BRIDGES`` under ``name`` (registered via the ``xmm_bridges`` hook)."""
-
-    def deco(cls: T) -> T:
-        if name in BRIDGES:
-            raise ValueError(f"bridge '{name}' registered twice")
-        cls.bridge_type = name
-        BRIDGES[name] = cls
-        return cls
-
-    return deco
-
-
-# importing the modules runs their @register_bridge decorators
-from xmm.bridges import cformer, grouping, guided, linear, perceiver, qformer  # noqa: E402,F401
 
 __all__ = ["BRIDGES", "Bridge", "BridgeConfig", "BridgeOutput", "register_bridge"]

@@ -1,22 +1,34 @@
-"""The ``Bridge`` contract and its persistence (safetensors + config json), shared by every bridge type."""
+"""The ``Bridge`` contract: encoder features in, LLM embeddings out; saved as a config + safetensors folder."""
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
+from pydantic import BaseModel, ConfigDict, Field
 
-from xmm.errors import CheckpointError, ConfigError, ShapeError
-from xmm.io import atomic_write
+from xmm.errors import CheckpointError, ShapeError
+from xmm.persist.module import ConfigModule
+from xmm.pretrained import is_repo_id
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+# persistence helpers that lived here before xmm.persist; still importable from here for one release
+_MOVED_TO_PERSIST = frozenset(
+    {"CONFIG_NAME", "WEIGHTS_NAME", "load_state_strict", "load_weights_dir", "read_config_json", "save_module_dir",
+     "validate_config"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_PERSIST:
+        warnings.warn(f"xmm.bridges.base.{name} moved to xmm.persist; import it from there (this alias goes in the "
+                      "next release)", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("xmm.persist"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BridgeConfig(BaseModel):
@@ -38,27 +50,26 @@ class BridgeOutput:
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-B = TypeVar("B", bound="Bridge")
-
-
-class Bridge(nn.Module):
+class Bridge(ConfigModule):
     """A trainable interface from encoder features ``[B, T, D_enc]`` (+ mask ``[B, T]``) to LLM embeddings.
 
     Subclasses set ``config_class`` and implement :meth:`forward`. ``modality`` lets one shared bridge (ChatBridge)
     keep a query set per modality; single-modality bridges ignore it. A bridge with ``uses_context = True`` also gets
     ``context [B, L, d_llm]`` / ``context_mask [B, L]``: the frozen LLM's embeddings of the text of the chat turn
     that holds the item (its instruction or question, as InstructBLIP's Q-Former does), or None when there is none.
+    Saving and loading (:meth:`save_pretrained`, :meth:`from_pretrained` of a concrete class) come from
+    :class:`~xmm.persist.module.ConfigModule`; ``xmm.registry.load_bridge`` loads a folder or Hub repo of any type.
     """
 
     config_class: ClassVar[type[BridgeConfig]] = BridgeConfig
     bridge_type: ClassVar[str] = ""
     uses_context: ClassVar[bool] = False
+    kind: ClassVar[str] = "bridge"
+    config: BridgeConfig
 
-    def __init__(self, config: BridgeConfig) -> None:
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config
+    @classmethod
+    def saved_type(cls) -> str:
+        return cls.bridge_type or super().saved_type()
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None, *, modality: str | None = None) -> BridgeOutput:  # pragma: no cover
         raise NotImplementedError
@@ -71,8 +82,11 @@ class Bridge(nn.Module):
         """
         return cls.config_class(type=cls.bridge_type, input_dim=input_dim, output_dim=output_dim)
 
-    def num_output_tokens(self, modality: str | None = None) -> int | None:
-        """Q, the number of embeddings per item; ``None`` when it depends on the input (e.g. CIF)."""
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> int | None:
+        """Q, the embeddings this bridge gives one item whose encoder output has ``num_input_tokens`` tokens (None:
+        not known). The model asks this for every item and writes it into checkpoint manifests: a bridge, not the
+        modality, decides Q. Return None when Q is not fixed by the input's token count alone (CIF fires as many
+        tokens as it integrates) or when it follows an unknown count; the forward pass then tells."""
         return None
 
     # -- input checks ------------------------------------------------------------------------------
@@ -91,101 +105,29 @@ class Bridge(nn.Module):
             )
         return mask.bool()
 
-    # -- persistence ----------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (this bridge's weights only) into ``directory``."""
-        return save_module_dir(self, self.config, directory, kind="bridge")
-
+    # -- deprecated entry points (the registry and the hub own these now) ----------------------------------
     @classmethod
-    def from_config(cls: type[B], config: BridgeConfig | dict[str, Any]) -> B:
-        if isinstance(config, dict):
-            config = validate_config(cls.config_class, config)
-        return cls(config)
+    def from_pretrained(cls, directory: str | os.PathLike[str], **hub_kwargs: Any) -> Bridge:  # type: ignore[override]
+        """Load a folder saved by :meth:`save_pretrained` into this (concrete) bridge class, strictly.
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], **hub_kwargs: Any) -> Bridge:
-        """Load a bridge saved by :meth:`save_pretrained` (strict). A Hub repo id is resolved via ``xmm.hub``."""
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).exists():
-            from xmm import hub  # a repo id, not a local folder
-
-            directory = hub.resolve_bridge_dir(str(directory), **hub_kwargs)
-        cfg = read_config_json(directory, kind="bridge")
-        if cls is Bridge:
-            from xmm.registry import get_registry
-
-            bridge_cls = get_registry().bridge_class(cfg.get("type", ""))
-        else:
-            bridge_cls = cls
-        if bridge_cls.bridge_type and cfg.get("type") != bridge_cls.bridge_type:
-            raise CheckpointError(
-                f"{directory}: bridge type '{cfg.get('type')}' cannot be loaded as {bridge_cls.__name__} ('{bridge_cls.bridge_type}')"
-            )
-        bridge = bridge_cls.from_config(cfg)
-        load_weights_dir(bridge, directory, kind="bridge")
+        On the base class, or with a Hub repo id, this is deprecated: use ``xmm.registry.load_bridge``.
+        """
+        local = Path(directory).is_dir()
+        if cls is not Bridge and local and not hub_kwargs:
+            return super().from_pretrained(directory)
+        if not local and not is_repo_id(os.fspath(directory)):
+            return super().from_pretrained(directory)  # raises: no config there
+        warnings.warn("Bridge.from_pretrained with a Hub repo id or on the base class is deprecated; use "
+                      "xmm.registry.load_bridge(path_or_repo_id)", DeprecationWarning, stacklevel=2)
+        # by module name: a contract does not import the layers above it
+        registry = importlib.import_module("xmm.registry")
+        bridge = registry.load_bridge(directory, **hub_kwargs)
+        if not isinstance(bridge, cls):
+            raise CheckpointError(f"{directory}: holds a '{bridge.config.type}' bridge, not a {cls.__name__}")
         return bridge
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload this bridge alone (config + safetensors + card) to the Hub; returns the commit url."""
-        from xmm import hub
-
-        return hub.push_bridge(self, repo_id, **kwargs)
-
-
-def save_module_dir(module: nn.Module, config: BaseModel, directory: str | os.PathLike[str], *, kind: str) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (``module``'s state dict) into ``directory``, atomically.
-
-    Shared by bridges and output projectors; ``kind`` is recorded in the safetensors metadata (``xmm_<kind>``).
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    meta = {"format": "pt", f"xmm_{kind}": str(getattr(config, "type", ""))}
-    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=meta))
-    cfg = config.model_dump(mode="json")
-    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n"))
-    return directory
-
-
-def read_config_json(directory: Path, *, kind: str) -> dict[str, Any]:
-    """The ``config.json`` written by :func:`save_module_dir`; unreadable -> :class:`CheckpointError`."""
-    try:
-        return json.loads((directory / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: cannot read {kind} config: {e}") from e
-
-
-def load_weights_dir(module: nn.Module, directory: Path, *, kind: str) -> None:
-    """Load ``directory/model.safetensors`` into ``module`` strictly (see :func:`load_state_strict`)."""
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(directory / WEIGHTS_NAME))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read {kind} weights: {e}") from e
-    load_state_strict(module, state, source=directory / WEIGHTS_NAME)
-
-
-def validate_config(config_class: type[BaseModel], data: dict[str, Any], *, source: str | None = None) -> Any:
-    """Validate ``data`` into ``config_class``; a failure raises :class:`ConfigError` naming the first bad field."""
-    try:
-        return config_class.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{err['msg']} (got {err.get('input')!r})", field=loc or None, source=source) from e
-
-
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], *, source: Any) -> None:
-    """Load ``state`` into ``module`` requiring identical keys and shapes; errors name the first mismatch."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not match {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise CheckpointError(f"{source}: '{k}' has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    module.load_state_dict(state, strict=True)
+        """Deprecated: use ``xmm.hub.push_bridge(bridge, repo_id)``."""
+        warnings.warn("Bridge.push_to_hub is deprecated; use xmm.hub.push_bridge(bridge, repo_id)", DeprecationWarning,
+                      stacklevel=2)
+        return importlib.import_module("xmm.hub").push_bridge(self, repo_id, **kwargs)

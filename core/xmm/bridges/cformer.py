@@ -6,7 +6,8 @@ C-Former) contextualises them and a linear adapter maps them to ``d_llm``. ``Q``
 the longest item and masked.
 
 ``forward(..., target_lengths=[B])`` (training) scales the CIF weights to the target token counts and returns the quantity
-loss in ``aux["cif_quantity"]`` (mean of ``|sum(alpha) - target|``); ``aux["cif_alpha_sum"]`` ``[B]`` is always there.
+loss in ``aux["cif_quantity"]`` (mean of ``|sum(alpha) - target|``); ``aux["cif_alpha_sum"]`` ``[B]`` and
+``aux["cif_tokens"]`` ``[B]`` (tokens fired per item) are always there.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from xmm.bridges import register_bridge
 from xmm.bridges._layers import TransformerBlock, init_weights, key_mask
+from xmm.bridges._registry import register_bridge
 from xmm.bridges.base import Bridge, BridgeConfig, BridgeOutput
 from xmm.bridges.cif import CIFWeightPredictor, integrate_and_fire
 from xmm.errors import ShapeError
@@ -70,8 +71,8 @@ class CFormerBridge(Bridge):
     def tiny_config(cls, input_dim: int, output_dim: int) -> CFormerConfig:
         return CFormerConfig(input_dim=input_dim, output_dim=output_dim, hidden_size=32, num_layers=1, num_heads=2, cif_channels=16)
 
-    def num_output_tokens(self, modality: str | None = None) -> None:
-        """CIF fires as many tokens as it counts, so Q depends on the input."""
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> None:
+        """CIF fires as many tokens as its weights integrate, so Q depends on the input's content, not its length."""
         return None
 
     def forward(
@@ -100,7 +101,7 @@ class CFormerBridge(Bridge):
         for layer in self.layers:
             h = layer(h, attn_mask)
         out = self.adapter(self.norm(h)) * fired.mask[..., None]
-        aux = {"cif_alpha_sum": fired.alpha_sum}
+        aux = {"cif_alpha_sum": fired.alpha_sum, "cif_tokens": fired.mask.sum(1)}
         if target_lengths is not None:
             aux["cif_quantity"] = (fired.alpha_sum - target_lengths.to(fired.alpha_sum)).abs().mean()
         return BridgeOutput(out, fired.mask, aux)

@@ -17,8 +17,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from xmm.bridges import register_bridge
 from xmm.bridges._layers import CrossAttention, FeedForward, TransformerBlock, has_tokens, init_weights, key_mask
+from xmm.bridges._registry import register_bridge
 from xmm.bridges.base import Bridge, BridgeConfig, BridgeOutput
 from xmm.errors import ShapeError
 
@@ -185,7 +185,7 @@ class ConceptGroupingBridge(Bridge):
             input_dim=input_dim, output_dim=output_dim, dim=32, num_heads=2, num_group_tokens=[6, 3], depths=[1, 1]
         )
 
-    def num_output_tokens(self, modality: str | None = None) -> int:
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> int:
         return self.config.num_group_tokens[-1]
 
     def forward(

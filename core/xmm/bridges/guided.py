@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from xmm.bridges import register_bridge
+from xmm.bridges._registry import register_bridge
 from xmm.bridges.base import BridgeOutput
 from xmm.bridges.linear import MLPBridge, MLPConfig
 from xmm.errors import ShapeError
@@ -75,6 +75,11 @@ class GuidedMLPBridge(MLPBridge):
         pooled = torch.einsum("bgl,bld->bgd", weights, ctx)
         on = has_text[:, None, None].to(pooled.dtype)
         return q + self.query(pooled) * on, self.context_value(pooled) * on
+
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> int | None:
+        """The MLP's per-token outputs plus ``guided_tokens``."""
+        base = super().num_output_tokens(num_input_tokens, modality=modality)
+        return None if base is None else base + self.config.guided_tokens
 
     def forward(
         self,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from xmm.bridges import register_bridge
+from xmm.bridges._registry import register_bridge
 from xmm.bridges.base import Bridge, BridgeConfig, BridgeOutput
 from xmm.errors import ShapeError
 
@@ -101,6 +101,17 @@ def grid_shuffle(features: torch.Tensor, mask: torch.Tensor, s: int, owner: str 
 class _ReducingBridge(Bridge):
     config: LinearConfig | MLPConfig
 
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> int | None:
+        """``T`` after the token reduction: ``ceil(S/p)^2`` pooled, ``(S/s)^2`` shuffled (``T = S x S``), else ``T``."""
+        if num_input_tokens is None:
+            return None
+        side = math.isqrt(num_input_tokens)
+        if self.config.pool:
+            return (-(-side // self.config.pool)) ** 2 if side * side == num_input_tokens else None
+        if self.config.pixel_shuffle:
+            return (side // self.config.pixel_shuffle) ** 2 if side * side == num_input_tokens else None
+        return num_input_tokens
+
     def reduce(self, features: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         valid = self.check_input(features, mask)
         name = type(self).__name__
@@ -143,6 +154,11 @@ class MLPBridge(_ReducingBridge):
         self.mlp = nn.Sequential(*layers)
         # zero at the start: the bridge begins as plain LLaVA and learns how much position to add
         self.position = nn.Parameter(torch.zeros(config.position_embeddings, config.output_dim)) if config.position_embeddings else None
+
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> int | None:
+        """``k = tokens_per_input`` outputs per reduced input token."""
+        reduced = super().num_output_tokens(num_input_tokens, modality=modality)
+        return None if reduced is None else reduced * self.config.tokens_per_input
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None, *, modality: str | None = None) -> BridgeOutput:
         x, mask = self.reduce(features, mask)

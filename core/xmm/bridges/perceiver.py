@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from xmm.bridges import register_bridge
 from xmm.bridges._frozen import offset_norm_projections
 from xmm.bridges._layers import attend, check_modality_names, make_query_sets, merge_heads, select_queries, split_heads
+from xmm.bridges._registry import register_bridge
 from xmm.bridges.base import Bridge, BridgeConfig, BridgeOutput
 from xmm.errors import CheckpointError, ShapeError
 
@@ -160,7 +160,7 @@ class PerceiverBridge(Bridge):
             input_dim=input_dim, output_dim=output_dim, dim=input_dim, depth=2, heads=2, dim_head=16, num_latents=4
         )
 
-    def num_output_tokens(self, modality: str | None = None) -> int:
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> int:
         """Q per media item (an ``[B, M, F, T, D]`` input gives ``M * Q``)."""
         return self.config.num_latents
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from xmm.bridges import register_bridge
 from xmm.bridges._frozen import norm_linear, normalize_frozen
 from xmm.bridges._layers import (
     attend,
@@ -31,6 +30,7 @@ from xmm.bridges._layers import (
     select_queries,
     split_heads,
 )
+from xmm.bridges._registry import register_bridge
 from xmm.bridges.base import Bridge, BridgeConfig, BridgeOutput
 from xmm.errors import CheckpointError, ConfigError
 
@@ -208,7 +208,7 @@ class QFormerBridge(Bridge):
             intermediate_size=64,
         )
 
-    def num_output_tokens(self, modality: str | None = None) -> int:
+    def num_output_tokens(self, num_input_tokens: int | None = None, *, modality: str | None = None) -> int:
         return self.config.num_queries
 
     # -- the query path --------------------------------------------------------------------------------------------

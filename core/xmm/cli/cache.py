@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         """Encode every media item of every stage that uses the cache (already cached items are skipped)."""
         from xmm.training.cache_build import build_cache
 
+        typer.echo(f"xmm cache build {plan}: loading the model...", err=True)  # a minute before the first progress line
         report = build_cache(plan, batch_size=batch_size).as_dict()
         if as_json:
             typer.echo(json.dumps(report, indent=2))

@@ -1,39 +1,118 @@
-"""``xmm chat CHECKPOINT_OR_CONFIG [--image P ...] ["PROMPT"]``: answer once, or chat interactively (streamed)."""
+"""``xmm chat CHECKPOINT_OR_CONFIG [--MODALITY P ...] [--media MODALITY=P ...] ["PROMPT"]``: answer once, or chat
+interactively (streamed).
+
+Every installed modality gets a ``--NAME PATH`` option (``--image``, ``--device``, ...: the same as ``--media
+NAME=PATH``), made from the registry when ``chat`` parses its arguments or shows its help, so other commands do not
+pay for loading plugins.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 log = logging.getLogger(__name__)
 
-MEDIA_OPTIONS = ("image", "video", "audio", "speech", "device")
-HELP_INTERACTIVE = "Interactive chat: type a message; /image PATH (or any /MODALITY PATH) attaches media to the next " \
-                   "message, /reset clears the history, /exit quits."
+_FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_ORDER_KEY = "xmm.chat.media_flags"
+
+
+class MediaCommand(TyperCommand):
+    """A command with one ``--NAME PATH`` option per installed modality, added before the first parse or help.
+
+    The options are copies of the command's ``--media`` option; their files are handed to the command as
+    ``--media NAME=PATH`` items, modalities in the order their options first appear, before the ``--media`` ones. A
+    modality whose name would clash with another option keeps only the ``--media`` form.
+    """
+
+    _media_flags: dict[str, str] | None = None  # option name -> modality
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        if self._media_flags is None:
+            self._media_flags = self._add_media_flags()
+        return super().get_params(ctx)
+
+    def _add_media_flags(self) -> dict[str, str]:
+        from xmm.registry import get_registry
+
+        template = next(p for p in self.params if p.name == "media")
+        taken = {o for p in self.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        flags: dict[str, str] = {}
+        new = []
+        for name in get_registry().modalities:
+            if f"--{name}" in taken or not _FLAG_NAME.fullmatch(name):
+                continue
+            opt = copy.copy(template)
+            opt.name = f"media_flag_{len(flags)}"
+            opt.opts, opt.secondary_opts = [f"--{name}"], []
+            opt.help = f"{'An' if name[:1] in 'aeiou' else 'A'} {name} file (repeatable; same as --media {name}=PATH)."
+            opt.callback = _remember_order
+            flags[opt.name] = name
+            new.append(opt)
+        at = self.params.index(template)
+        self.params[at:at] = new
+        return flags
+
+    def invoke(self, ctx: Any) -> Any:
+        flags = self._media_flags or {}
+        order = ctx.meta.pop(_ORDER_KEY, [])
+        for name in flags:
+            ctx.params.pop(name, None)
+        ctx.params["media"] = [f"{flags[n]}={p}" for n, paths in order for p in paths] + list(ctx.params.get("media") or ())
+        return super().invoke(ctx)
+
+
+def _remember_order(ctx: Any, param: Any, value: Any) -> Any:
+    # click processes options in the order they first appear on the command line
+    if value:
+        ctx.meta.setdefault(_ORDER_KEY, []).append((param.name, list(value)))
+    return value
+
+
+def interactive_help(model: Any) -> str:
+    """The interactive chat's help line, naming the model's modalities."""
+    attach = ", ".join(f"/{m} PATH" for m in model.specs) or "(this model takes no media)"
+    return (f"Interactive chat: type a message; {attach} attaches media to the next message, /reset clears the "
+            "history, /exit quits.")
 
 
 def load_model(target: str, *, revision: str | None = None) -> Any:
-    """A checkpoint folder (has xmm.json), a Hub repo id, or a MultimodalConfig YAML (untrained bridges: warns)."""
-    from xmm.errors import ConfigError
-    from xmm.model import MultimodalLM
-    from xmm.model.checkpoint import MANIFEST
+    """Any checkpoint name :mod:`xmm.resolver` knows (a run, a model folder, a training checkpoint, a Hub repo id, or a
+    config YAML: untrained bridges, with a warning)."""
+    from xmm.resolver import load_model as resolve_and_load
 
-    path = Path(target)
-    if path.is_dir():
-        return MultimodalLM.from_pretrained(path)
-    if path.suffix.lower() in {".yaml", ".yml", ".json"}:
-        if not path.is_file():
-            raise ConfigError("config file not found", source=path)
-        typer.secho(f"warning: {path} is a model config, not a checkpoint: its bridges are untrained, so answers about "
-                    "media are meaningless", fg=typer.colors.YELLOW, err=True)
-        return MultimodalLM.from_config(path)
-    if path.exists():
-        raise ConfigError(f"expected a checkpoint folder (with {MANIFEST}) or a config YAML", source=path)
-    return MultimodalLM.from_pretrained(target, revision=revision)  # a Hub repo id
+    return resolve_and_load(target, revision=revision,
+                            on_warning=lambda m: typer.secho(f"warning: {m}", fg=typer.colors.YELLOW, err=True))
+
+
+def check_text(text: str, what: str = "the prompt") -> str:
+    """``text`` if it is valid Unicode; text decoded from invalid UTF-8 (argv and stdin keep such bytes as lone
+    surrogates) raises :class:`~xmm.errors.PromptError` saying where."""
+    from xmm.errors import PromptError
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character U+{ord(bad):04X}"
+        raise PromptError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}); check the terminal's "
+                          "encoding") from None
+    return text
+
+
+def check_media_file(name: str, path: str) -> None:
+    """Refuse a missing, special (FIFO, device, folder) or over-limit media file from its ``stat``, never opening it."""
+    from xmm.limits import check_file
+
+    check_text(path, f"the {name} path")
+    check_file(Path(path).expanduser(), modality=name)
 
 
 def build_turn(model: Any, prompt: str, media: list[tuple[str, str]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -80,23 +159,33 @@ def _read_line() -> str:
     # the prompt goes to stderr so that stdout carries only the answers (pipe-friendly)
     sys.stderr.write("> ")
     sys.stderr.flush()
+    if getattr(sys.stdin, "errors", "strict") != "surrogateescape" and hasattr(sys.stdin, "reconfigure"):
+        # undecodable bytes become lone surrogates (check_text names them) instead of ending the session
+        sys.stdin.reconfigure(errors="surrogateescape")
     return input()
 
 
 def interactive(model: Any, media: list[tuple[str, str]], gen: dict[str, Any], *, input_fn: Any = _read_line,
                 output_dir: Path | None = None) -> None:
-    """The interactive loop: streams answers, keeps the history, ``/reset``, ``/exit``, ``/MODALITY PATH``."""
+    """The interactive loop: streams answers, keeps the history, ``/reset``, ``/exit``, ``/MODALITY PATH``.
+
+    A turn that fails (bad text, a media file that cannot be used, anything else the user can cause) prints the error
+    and drops that turn's attachments, so the next turn starts clean; the session goes on.
+    """
     from xmm.errors import XmmError
 
-    typer.echo(HELP_INTERACTIVE, err=True)
+    typer.echo(interactive_help(model), err=True)
     history: list[dict[str, Any]] = []
     pending = list(media)
     while True:
         try:
-            line = input_fn().strip()
+            line = check_text(input_fn(), "the line").strip()
         except (EOFError, KeyboardInterrupt):
             typer.echo("", err=True)
             return
+        except (XmmError, UnicodeDecodeError) as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            continue
         if not line:
             continue
         if line in {"/exit", "/quit"}:
@@ -108,34 +197,39 @@ def interactive(model: Any, media: list[tuple[str, str]], gen: dict[str, Any], *
         if line.startswith("/"):
             cmd, _, arg = line[1:].partition(" ")
             if cmd in model.specs and arg.strip():
+                try:
+                    check_media_file(cmd, arg.strip())
+                except XmmError as e:
+                    typer.secho(f"error: {e} (not attached)", fg=typer.colors.RED, err=True)
+                    continue
                 pending.append((cmd, arg.strip()))
                 typer.echo(f"({cmd} attached to the next message)", err=True)
             else:
-                typer.echo(f"unknown command {line.split()[0]!r}. {HELP_INTERACTIVE}", err=True)
+                typer.echo(f"unknown command {line.split()[0]!r}. {interactive_help(model)}", err=True)
             continue
-        turn, literal = build_turn(model, line, pending)
         try:
+            turn, literal = build_turn(model, line, pending)
             stream = model.stream([*history, turn], media=literal, **gen)
             answer = _echo_stream(stream)
             report_outputs(stream.result, output_dir or Path.cwd())
-        except XmmError as e:
+        except (XmmError, OSError) as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            if pending:
+                names = ", ".join(f"{m} {p}" for m, p in pending)
+                typer.echo(f"(dropped the attachments of that message: {names}; attach them again if needed)", err=True)
+            pending = []
             continue
         pending = []
         history += [turn, {"role": "assistant", "content": answer}]
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("chat")
+    @app.command("chat", cls=MediaCommand)
     def chat(
         target: str = typer.Argument(..., metavar="CHECKPOINT_OR_CONFIG", help="Checkpoint folder, Hub repo id or model config YAML."),
         prompt: str | None = typer.Argument(None, help="Answer this once; omit for an interactive chat."),
-        image: list[str] = typer.Option([], "--image", help="Image file (repeatable)."),
-        video: list[str] = typer.Option([], "--video", help="Video file (repeatable)."),
-        audio: list[str] = typer.Option([], "--audio", help="Audio file (repeatable)."),
-        speech: list[str] = typer.Option([], "--speech", help="Speech recording (repeatable)."),
-        device: list[str] = typer.Option([], "--device", help="Device status file (repeatable)."),
-        media: list[str] = typer.Option([], "--media", help="MODALITY=PATH for any other modality (repeatable)."),
+        media: list[str] = typer.Option([], "--media", help="MODALITY=PATH: a file of any installed modality "
+                                        "(repeatable)."),
         max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
         sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
         temperature: float = typer.Option(0.7, "--temperature", min=0.0),
@@ -149,19 +243,16 @@ def register(app: typer.Typer) -> None:
         from xmm.errors import ConfigError
 
         items: list[tuple[str, str]] = []
-        for name, paths in zip(MEDIA_OPTIONS, (image, video, audio, speech, device)):
-            items += [(name, p) for p in paths]
         for spec in media:
             name, sep, p = spec.partition("=")
             if not sep or not name or not p:
-                raise ConfigError(f"expected MODALITY=PATH, got {spec!r}", field="--media")
+                raise ConfigError(f"expected MODALITY=PATH, got {spec[:200]!r}", field="--media")
             items.append((name, p))
+        if prompt is not None:
+            check_text(prompt)
         # check files before loading any model (a clear error, not minutes later)
         for name, p in items:
-            if not Path(p).expanduser().is_file():
-                from xmm.errors import MediaError
-
-                raise MediaError("file not found", source=p, modality=name)
+            check_media_file(name, p)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bars between the user and the answer

@@ -3,13 +3,16 @@
 The template ships inside xmm-core (``xmm/templates/xmm-plugin``; ``templates/`` at the repository root is the same
 folder), so the command works from a wheel. Every answer is checked before anything is written: the name must be a
 lowercase Python identifier that no installed plugin uses, the placeholder must look like ``<name>`` and be free, the
-default bridge must be registered and the target folder must not exist.
+default bridge must be registered and the target folder must not exist. Free-text answers (description, author) are
+data, never templates: they are put into the rendered context after cookiecutter has rendered its own variables, so
+``{{ ... }}`` in them is written out literally, not run.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import keyword
+import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +29,10 @@ RESERVED_NAMES = frozenset({"text"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _EXTENSION = re.compile(r"^\.[a-z0-9][a-z0-9_.+-]*$")
 _PLACEHOLDER = re.compile(r"^<[\w.:|/-]+>$")
+MAX_NAME_CHARS = 64  # the distribution folder and package are named after it (file names stop at 255 bytes)
+MAX_TEXT_CHARS = 300
+# description / author go into pyproject.toml strings: no quotes, backslashes or control characters
+_TEXT_FORBIDDEN = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,6 @@ class PluginAnswers:
     @property
     def dist_name(self) -> str:
         return f"xmm-plugin-{self.modality.replace('_', '-')}"
-
-    @property
-    def package_name(self) -> str:
-        return f"xmm_plugin_{self.modality}"
 
 
 def template_dir() -> Path:
@@ -67,6 +70,8 @@ def template_defaults() -> dict[str, Any]:
 
 def validate_modality_name(name: str) -> str:
     """Refuse names that are not lowercase identifiers, are keywords or reserved, or that an installed plugin uses."""
+    if isinstance(name, str) and len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"a modality name has at most {MAX_NAME_CHARS} characters, got {len(name)}", field="modality")
     if not isinstance(name, str) or not _NAME.match(name) or not name.isidentifier():
         raise ConfigError(
             f"{name!r} is not a valid modality name: use a lowercase Python identifier (letters, digits, underscores, "
@@ -139,8 +144,13 @@ def validate_answers(
         raise ConfigError(f"no bridge type {bridge!r} is registered; choose one of {sorted(reg.bridges)}",
                           field="default_bridge")
     for value, field in ((description, "description"), (author, "author")):
-        if value is not None and ('"' in value or "\n" in value):
-            raise ConfigError("must be one line without double quotes (it goes into pyproject.toml)", field=field)
+        if value is None:
+            continue
+        if _TEXT_FORBIDDEN.search(value):
+            raise ConfigError("must be one line without double quotes, backslashes or control characters (it goes "
+                              "into pyproject.toml)", field=field)
+        if len(value) > MAX_TEXT_CHARS:
+            raise ConfigError(f"has at most {MAX_TEXT_CHARS} characters, got {len(value)}", field=field)
     return PluginAnswers(
         modality=name,
         placeholder=placeholder,
@@ -155,23 +165,27 @@ def generate_plugin(answers: PluginAnswers, output_dir: str | Path = ".") -> Pat
     """Render the template for validated ``answers`` into ``output_dir/xmm-plugin-<name>``; returns that folder."""
     import xmm
 
-    target = Path(output_dir) / answers.dist_name
-    if target.exists():
+    output_dir = _check_output(Path(output_dir))
+    target = output_dir / answers.dist_name
+    if os.path.lexists(target):
         raise ConfigError(f"{target} already exists; remove it or choose another --output", field="output")
     try:
+        from cookiecutter.exceptions import CookiecutterException
         from cookiecutter.generate import generate_context, generate_files
         from cookiecutter.prompt import prompt_for_config
     except ImportError as e:
         raise MissingDependencyError("cookiecutter", extra="template", purpose="xmm new") from e
     tpl = template_dir()
+    # only values that the checks above restrict to safe characters are rendered by cookiecutter; the free text goes in
+    # after rendering (cookiecutter renders every answer as a Jinja template, which would run code in it)
     context = generate_context(
         context_file=str(tpl / "cookiecutter.json"),
         extra_context={
             "modality": answers.modality,
             "placeholder": answers.placeholder,
             "file_extensions": ",".join(answers.extensions),
-            "description": answers.description,
-            "author": answers.author,
+            "description": "",
+            "author": "",
         },
     )
     # the bridge was checked against the registry, which may know more types than the template's static choices
@@ -179,11 +193,29 @@ def generate_plugin(answers: PluginAnswers, output_dir: str | Path = ".") -> Pat
     context["cookiecutter"]["__xmm_version"] = xmm.__version__
     # cookiecutter's high-level entry point also writes a replay file under ~; the two steps below do not
     rendered = prompt_for_config(context, no_input=True)
-    rendered.update({"_template": str(tpl), "_output_dir": str(Path(output_dir).resolve()), "_repo_dir": str(tpl)})
+    rendered.update({"description": answers.description, "author": answers.author})
+    rendered.update({"_template": str(tpl), "_output_dir": str(output_dir.resolve()), "_repo_dir": str(tpl)})
     context = OrderedDict(cookiecutter=rendered, _cookiecutter={k: v for k, v in rendered.items() if not k.startswith("_")})
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     # the hook repeats the checks for plain `cookiecutter` users; they were done above
-    return Path(generate_files(repo_dir=str(tpl), context=context, output_dir=str(output_dir), accept_hooks=False))
+    try:
+        return Path(generate_files(repo_dir=str(tpl), context=context, output_dir=str(output_dir), accept_hooks=False))
+    except OSError as e:
+        raise ConfigError(f"cannot write the plugin into {output_dir}: {e.strerror or e}", field="output") from None
+    except CookiecutterException as e:
+        raise XmmError(f"cannot render the plugin template into {output_dir}: {e}") from None
+
+
+def _check_output(output_dir: Path) -> Path:
+    """``output_dir`` created if needed; a file, an unwritable folder or an over-long path is a ConfigError."""
+    if os.path.lexists(output_dir) and not output_dir.is_dir():
+        raise ConfigError(f"{output_dir} is not a folder", field="output")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {output_dir}: {e.strerror or e}", field="output") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write into {output_dir}: permission denied", field="output")
+    return output_dir
 
 
 def new_modality_plugin(name: str, output_dir: str | Path = ".", **answers: Any) -> Path:

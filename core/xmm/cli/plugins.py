@@ -10,7 +10,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("plugins")
     def plugins(as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
-        """List installed xmm plugins with their modalities, bridges, encoders and decoders."""
+        """List installed xmm plugins with what each registers: modalities, bridges, encoders, decoders, objectives,
+        recipes and demo tasks."""
         from xmm.registry import get_registry
 
         reg = get_registry()
@@ -18,10 +19,10 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return
-        cols = ("name", "version", "modalities", "bridges", "encoders", "decoders")
+        cols = ("name", "version", "modalities", "bridges", "encoders", "decoders", "objectives", "recipes", "demo_tasks")
         table = [[r[c] if isinstance(r[c], str) else ", ".join(r[c]) or "-" for c in cols] for r in rows]
         widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
-        typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
+        typer.echo("  ".join(c.upper().replace("_", " ").ljust(w) for c, w in zip(cols, widths)).rstrip())
         for t, r in zip(table, rows):
             line = "  ".join(v.ljust(w) for v, w in zip(t, widths))
             if r.get("error"):

@@ -11,7 +11,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("push")
     def push(
-        checkpoint: Path = typer.Argument(..., help="Checkpoint folder (save_pretrained output, a training checkpoint or a run folder)."),
+        checkpoint: str = typer.Argument(..., metavar="CHECKPOINT", help="Run folder, its model/, a training checkpoint "
+                                         "or a save_pretrained folder."),
         repo_id: str = typer.Argument(..., help="Hub repo id, e.g. 'your-name/xmm-smollm2-image'."),
         private: bool = typer.Option(False, "--private", help="Create the repo private (no effect on an existing repo)."),
         revision: str = typer.Option(None, "--revision", help="Branch to commit to (created from main when missing)."),
@@ -25,11 +26,16 @@ def register(app: typer.Typer) -> None:
         The token comes from HF_TOKEN or `hf auth login`; it is never printed or written.
         """
         from xmm import hub
+        from xmm.resolver import resolve_local_checkpoint
 
         hub.check_target(repo_id, revision=revision, create_pr=create_pr)  # before any work
+        # the same meaning of CHECKPOINT as chat/eval/serve: run folder, model/, stage checkpoint, checkpoints/
+        resolved = resolve_local_checkpoint(checkpoint, purpose="xmm push")
+        for warning in resolved.warnings:
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         with tempfile.TemporaryDirectory(prefix="xmm-push-") as tmp:
             staging = out if out is not None else Path(tmp) / "upload"
-            report = hub.prepare_checkpoint(checkpoint, staging, repo_id=repo_id)
+            report = hub.prepare_checkpoint(resolved.path, staging, repo_id=repo_id)
             typer.echo(f"{len(report.files)} files, {report.n_tensors} tensors, {report.total_bytes / 1e6:.2f} MB "
                        f"(audited: no frozen weights) staged in {staging}")
             for name in report.files:

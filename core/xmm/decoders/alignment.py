@@ -4,9 +4,10 @@ signal-token states match what the decoder's own text encoder makes of that capt
 ``loss = mse_weight * MSE(projector(signal states), decoder.text_condition(caption))
        + nll_weight * NLL(signal tokens)``
 
-registered as the training objective ``decoder_alignment`` (needs the LLM hidden states). Data: the user turn
-holds the caption (or ``"meta": {"caption": ...}`` / ``{"captions": [...]}`` one per signal group), the assistant
-answer holds the signal tokens, e.g. ``{"messages": [{"role": "user", "content": "a red circle"},
+The pieces of that loss live here; the training objective ``decoder_alignment`` that puts them together over a
+model's output is :mod:`xmm.training.objectives_decoder`. Data: the user turn holds the caption (or
+``"meta": {"caption": ...}`` / ``{"captions": [...]}`` one per signal group), the assistant answer holds the signal
+tokens, e.g. ``{"messages": [{"role": "user", "content": "a red circle"},
 {"role": "assistant", "content": "<img_0><img_1><img_2><img_3>"}]}``.
 """
 
@@ -20,7 +21,6 @@ from torch.nn import functional as F
 
 from xmm.errors import ShapeError, TrainingError
 
-IGNORE_INDEX = -100
 _CACHE_ATTR = "_xmm_caption_cache"
 _CACHE_LIMIT = 20000
 
@@ -97,74 +97,3 @@ def text_targets(decoder: Any, captions: list[str]) -> torch.Tensor:
         for c, row in zip(missing, fresh):
             cache[c] = row.detach()
     return torch.stack([cache[c] for c in captions])
-
-
-def decoder_alignment(model: Any, batch: Any, output: Any, *, mse_weight: float = 1.0, nll_weight: float = 1.0,
-                      modalities: Sequence[str] | None = None) -> torch.Tensor | None:
-    """The decoder-side alignment loss of a batch, summed over output modalities (each term a mean).
-
-    ``output`` is ``model(batch, output_hidden_states=True)``: its last hidden states ``[B, L', d]`` over the
-    spliced sequence and ``output.inputs.token_ids`` locate the signal tokens. ``None`` when the batch has no
-    signal tokens of any output.
-    """
-    from xmm.model.outputs import project_signals, signal_ids
-
-    m = _unwrap(model)
-    if output is None or getattr(output, "hidden_states", None) is None:
-        raise TrainingError("decoder_alignment needs the LLM hidden states: call the model with output_hidden_states=True")
-    hidden = output.hidden_states[-1]
-    inputs = output.inputs
-    examples = list(getattr(batch, "examples", []) or [])
-    total: torch.Tensor | None = None
-    names = [n for n in m.projectors if modalities is None or n in modalities]
-    for modality in names:
-        cond, groups = project_signals(m, modality, hidden, inputs.token_ids, inputs.attention_mask)
-        terms: list[torch.Tensor] = []
-        if groups and mse_weight:
-            captions = _group_captions(groups, examples, modality)
-            target = text_targets(m.decoders[modality], captions).to(cond.device)
-            terms.append(mse_weight * alignment_mse(cond, target))
-        if nll_weight and output.logits is not None and inputs.labels is not None:
-            nll = signal_nll(output.logits, inputs.labels, signal_ids(m, modality), getattr(output, "logits_positions", None))
-            if nll is not None:
-                terms.append(nll_weight * nll)
-        for t in terms:
-            total = t if total is None else total + t
-    return total
-
-
-def _group_captions(groups: list[Any], examples: list[Any], modality: str) -> list[str]:
-    seen: dict[int, int] = {}
-    out = []
-    for g in groups:
-        b = g.batch_index
-        if b >= len(examples):
-            raise TrainingError("decoder_alignment needs the batch's examples (batch.examples) to find the captions")
-        caps = captions_of(examples[b])
-        if not caps:
-            raise TrainingError(f"example {b} has signal tokens of '{modality}' but no caption: put the caption in the "
-                                f"user message or in meta.caption")
-        k = seen.get(b, 0)
-        seen[b] = k + 1
-        out.append(caps[min(k, len(caps) - 1)])
-    return out
-
-
-def _unwrap(model: Any) -> Any:
-    while hasattr(model, "module") and not hasattr(model, "decoder_specs"):
-        model = model.module
-    return model
-
-
-def _register() -> None:
-    try:
-        from xmm.training.objectives import register_objective
-    except ImportError:  # the trainer is not part of this install
-        return
-    register_objective(
-        "decoder_alignment", decoder_alignment, needs_hidden_states=True,
-        description="NExT-GPT decoder-side alignment: MSE(projected signal states, decoder text embedding) + signal-token NLL",
-    )
-
-
-_register()

@@ -14,12 +14,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from xmm.bridges.base import validate_config
 from xmm.decoder import Decoder, DecoderOutput
-from xmm.decoders import register_decoder
+from xmm.decoders._registry import register_decoder
 from xmm.decoders.media import save_audio, save_image, save_video
 from xmm.errors import ConfigError, MissingDependencyError, ModelNotFoundError, ShapeError
+from xmm.persist import validate_config
 
+# NExT-GPT writes <IMG0>...; xmm keeps one style: <img_0>, <aud_0>, <vid_0>
+_SIGNAL_PREFIX = {"image": "img", "audio": "aud", "video": "vid"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -109,6 +111,7 @@ class DiffusersDecoder(Decoder):
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         self.modality = self.config.modality or _infer_modality(pipe)
+        self.signal_prefix = _SIGNAL_PREFIX[self.modality]
         self.id = f"diffusers:{type(pipe).__name__}"
         pipe_config = getattr(pipe, "config", None) or {}
         self.revision = str(pipe_config.get("_name_or_path") or self.source or "in-memory")
@@ -215,6 +218,14 @@ class DiffusersDecoder(Decoder):
         if isinstance(frames, np.ndarray) and frames.ndim == 4 and frames.shape[-1] not in (1, 3, 4) and frames.shape[1] in (1, 3, 4):
             frames = frames.transpose(0, 2, 3, 1)  # [F, C, H, W] -> [F, H, W, C]
         return save_video(frames, path_stem, fps=self.config.fps)
+
+    def describe_output(self, output: Any) -> dict[str, Any]:
+        """``{"modality", "kind": "media", "shape": [...]}`` (an image's ``[H, W, C]``, a waveform's ``[N]``...)."""
+        shape = [output.size[1], output.size[0], len(output.getbands())] if hasattr(output, "getbands") else list(np.shape(output))
+        out: dict[str, Any] = {"modality": self.modality, "kind": self.output_kind, "shape": [int(n) for n in shape]}
+        if self.modality == "audio":
+            out["sampling_rate"] = self.sampling_rate
+        return out
 
     # -- module plumbing ------------------------------------------------------------------------------------------
     def _modules_of_pipeline(self) -> list[torch.nn.Module]:

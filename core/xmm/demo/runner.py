@@ -8,18 +8,21 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from xmm.demo.tasks import DEFAULT_SET, ORDER, TASKS, DemoTask, Size, TaskData
-from xmm.errors import ConfigError
+from xmm.errors import ConfigError, import_optional
+from xmm.recipes import DEMO_MODES, DemoData, DemoTask, Recipe
 
 log = logging.getLogger(__name__)
 
-MODES = ("quick", "default", "all")
+MODES = DEMO_MODES
+# the joint stage runs a third as many steps as the modalities' alignment stages together
+JOINT_SHARE = 3
 
 
 @dataclass
@@ -63,15 +66,51 @@ class DemoResult:
         }
 
 
-def select_tasks(mode: str) -> list[DemoTask]:
+def select_tasks(mode: str, names: Sequence[str] | None = None, *, registry: Any = None) -> list[DemoTask]:
+    """The installed demo tasks of ``mode`` in their order: those marked ``default`` (every task with ``all``), or
+    the tasks ``names`` (registry names) when given."""
+    from xmm.registry import get_registry
+
     if mode not in MODES:
         raise ConfigError(f"unknown demo mode '{mode}'; choose one of {', '.join(MODES)}", field="mode")
-    names = ORDER if mode == "all" else DEFAULT_SET
-    return [TASKS[n] for n in names if n in TASKS]
+    reg = registry or get_registry()
+    if names:
+        chosen = [reg.demo_task(n) for n in dict.fromkeys(names)]
+    else:
+        chosen = [t for t in reg.demo_tasks.values() if mode == "all" or t.default]
+    if not chosen:
+        raise ConfigError(f"no demo task is installed for mode '{mode}': demo tasks come with modality plugins "
+                          "(see `xmm plugins`)", field="mode")
+    chosen.sort(key=lambda t: t.order)
+    seen = [t.modality for t in chosen]
+    dup = sorted({m for m in seen if seen.count(m) > 1})
+    if dup:
+        raise ConfigError(f"one demo task per modality; several chosen for {dup}", field="tasks")
+    return chosen
 
 
-def _size(task: DemoTask, mode: str) -> Size:
-    return task.sizes.get(mode) or task.sizes["default"]
+def task_recipe(task: DemoTask, mode: str, *, registry: Any = None, fp32: bool | None = None) -> Recipe:
+    """The registered recipe ``task`` trains with, its steps sized for ``mode`` (and, where training runs in fp32 on a
+    CPU - ``fp32`` None: :func:`trains_in_fp32_on_cpu` -, the size's ``fp32_steps``)."""
+    from xmm.registry import get_registry
+
+    recipe = (registry or get_registry()).recipe(task.recipe)
+    if recipe.modality != task.modality:
+        raise ConfigError(f"the {task.modality} demo task names recipe '{task.recipe}', which trains {recipe.modality}",
+                          field="recipe")
+    size = task.size(mode)
+    if fp32 is None:
+        fp32 = trains_in_fp32_on_cpu()
+    return recipe.with_steps({**size.steps, **size.fp32_steps} if fp32 else size.steps)
+
+
+def trains_in_fp32_on_cpu() -> bool:
+    """True when the demo trains on the CPU (no CUDA or MPS device) and that CPU has no native bf16, so training runs
+    in fp32 (AVX2-only CPUs: bf16 would be ~70x slower there)."""
+    from xmm.model.build import resolve_device
+    from xmm.model.numerics import cpu_supports_bf16
+
+    return resolve_device(None).type == "cpu" and not cpu_supports_bf16()
 
 
 def _read_manifest(path: Path) -> list[dict[str, Any]]:
@@ -87,7 +126,7 @@ def _task_of(example: dict[str, Any]) -> str:
     return str(example.get("meta", {}).get("task", "all"))
 
 
-def chance_by_task(train: Path, test: Path) -> dict[str, float]:
+def chance_by_task(train: Path) -> dict[str, float]:
     """Exact-match score of guessing uniformly among the answers a task has in training (per task)."""
     options: dict[str, set[str]] = defaultdict(set)
     for ex in _read_manifest(train):
@@ -95,58 +134,21 @@ def chance_by_task(train: Path, test: Path) -> dict[str, float]:
     return {task: 1.0 / len(answers) for task, answers in options.items() if answers}
 
 
-def build_plan(tasks: list[DemoTask], data: dict[str, TaskData], mode: str, out: Path, seed: int) -> dict[str, Any]:
-    """An X-LLM-style staged plan: one alignment stage per modality (its bridge, and its encoder when it has no
-    pretrained weights, on captions and questions), then an integration stage over all modalities' questions with
-    every encoder frozen and only the bridges trained, at a lower learning rate."""
-    stages = []
-    for t in tasks:
-        size = _size(t, mode)
-        d = data[t.modality]
-        # captions align a bridge that has no convert stage; after one, the questions alone are the better use of steps
-        train = [str(d.train)] + ([str(d.captions)] if d.captions and not size.convert_steps else [])
-        groups = [{"params": t.trainable, "lr": t.trainable_lr}] if t.trainable and t.trainable_lr else []
-        if size.convert_steps:
-            # X-LLM's first stage converts the modality into the LLM's word space; here without running the LLM:
-            # the bridge's question-guided tokens learn the answers' words through the LLM's own embedding table,
-            # and an encoder with no pretrained weights learns with them, then stays frozen
-            stages.append({
-                "name": f"convert-{t.modality}",
-                "trainable": [f"bridge:{t.modality}", *t.trainable],
-                "data": {"train": [str(d.train)]},
-                "objectives": ["guided_answer"],
-                "optimizer": {"type": "adamw", "lr": t.convert_lr, "weight_decay": 0.0, "groups": groups},
-                "schedule": {"type": "cosine", "warmup_steps": max(1, size.convert_steps // 20), "min_lr_ratio": 0.1},
-                "max_steps": size.convert_steps,
-                "batch_size": t.convert_batch_size,
-            })
-        align_extra = [] if size.convert_steps else t.trainable
-        stages.append({
-            "name": f"align-{t.modality}",
-            "trainable": [f"bridge:{t.modality}", *align_extra],
-            "data": {"train": train},
-            "objectives": list(t.objectives),
-            "optimizer": {"type": "adamw", "lr": t.lr, "weight_decay": 0.0, "groups": groups if align_extra else []},
-            "schedule": {"type": "cosine", "warmup_steps": max(1, size.align_steps // 20), "min_lr_ratio": 0.1},
-            "max_steps": size.align_steps,
-            "batch_size": t.batch_size,
-        })
-    # the joint stage is where the bridges settle together (the earlier device recipe, 1,600 windows and 4 guided
-    # tokens: 0.85 after 37 steps, 0.87 after 100, 0.95 after 147 in an --all run)
-    integrate_steps = max(2, sum(_size(t, mode).align_steps for t in tasks) // 3)
-    stages.append({
-        "name": "integrate",
-        "trainable": [f"bridge:{t.modality}" for t in tasks],
-        "data": {"train": [str(data[t.modality].train) for t in tasks]},
-        # every task's objectives (an objective whose bridge is not in a batch contributes nothing)
-        "objectives": list(dict.fromkeys(o for t in tasks for o in t.objectives)),
-        "optimizer": {"type": "adamw", "lr": min(t.lr for t in tasks) / 5, "weight_decay": 0.0},
-        "schedule": {"type": "cosine", "warmup_steps": 1, "min_lr_ratio": 0.1},
-        "max_steps": integrate_steps,
-        "batch_size": max(t.batch_size for t in tasks),
-    })
+def build_plan(tasks: list[DemoTask], data: dict[str, DemoData], mode: str, out: Path, seed: int, *,
+               registry: Any = None) -> dict[str, Any]:
+    """The plan of an X-LLM-style run: each task's recipe stages for its modality alone (named ``STAGE-MODALITY``),
+    then one joint stage over every modality's questions (the recipes' joint stages merged: the largest batch, every
+    objective - one whose bridge is not in a batch contributes nothing -, each bridge at its own recipe's joint
+    learning rate, and each modality's share of the examples fixed by :func:`joint_mix`; its manifests are written
+    by :func:`write_joint_data`)."""
+    recipes = {t.modality: task_recipe(t, mode, registry=registry) for t in tasks}
+    stages = [s for t in tasks for s in recipes[t.modality].plan_stages(data[t.modality].manifests(), suffix=t.modality,
+                                                                        joint=False)]
+    joint = [(t, recipes[t.modality]) for t in tasks if recipes[t.modality].joint_stage is not None]
+    if joint:
+        stages.append(_joint_stage(joint, data))
     return {
-        "model": model_config(tasks),
+        "model": model_config(recipes),
         "output_dir": str(out / "run"),
         "cache_dir": str(out / "features"),
         "seed": seed,
@@ -157,9 +159,86 @@ def build_plan(tasks: list[DemoTask], data: dict[str, TaskData], mode: str, out:
     }
 
 
-def model_config(tasks: list[DemoTask]) -> dict[str, Any]:
+def _joint_steps(joint: list[tuple[DemoTask, Recipe]]) -> int:
+    # the alignment stage is the one each recipe runs right before its joint stage
+    return max(2, sum(r.own_stages[-1].steps for _, r in joint if r.own_stages) // JOINT_SHARE)
+
+
+@dataclass(frozen=True)
+class JointPart:
+    """One modality's part of the joint stage: its manifests (roles the joint stage reads), where its mixed manifest
+    goes, and how many examples it holds."""
+
+    modality: str
+    sources: tuple[Path, ...]
+    target: Path
+    examples: int
+
+
+def joint_mix(joint: list[tuple[DemoTask, Recipe]], data: dict[str, DemoData]) -> list[JointPart]:
+    """Each modality's examples in the joint stage: its share of one pass of ``steps x batch`` examples is its share
+    of the modalities' alignment steps (what each was trained with alone), at least one batch. Concatenating the
+    manifests instead lets the largest training set fill the mixed batches (6,400 device windows against 480 clips)
+    and the others are forgotten."""
+    parts = [(t, r.joint_stage) for t, r in joint]
+    batch = max(s.batch_size for _, s in parts if s is not None)
+    total = _joint_steps(joint) * batch
+    own = {t.modality: (r.own_stages[-1].steps if r.own_stages else 1) for t, r in joint}
+    out = []
+    for t, s in parts:
+        sources = tuple(Path(p) for role, paths in data[t.modality].manifests().items() if s and role in s.data
+                        for p in paths)
+        n = max(batch, round(total * own[t.modality] / sum(own.values())))
+        # beside the modality's own manifests: their media paths are relative to that folder
+        out.append(JointPart(t.modality, sources, Path(data[t.modality].train).parent / f"joint-{t.modality}.jsonl", n))
+    return out
+
+
+def write_joint_data(parts: list[JointPart], seed: int) -> None:
+    """Write each part's mixed manifest: its examples shuffled with ``seed``, repeated (reshuffled) when it has
+    fewer than its share, cut when it has more."""
+    for k, part in enumerate(parts):
+        lines = [line for p in part.sources for line in Path(p).read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ConfigError(f"the {part.modality} demo task has no training examples for the joint stage",
+                              field="data", source=str(part.sources[0]) if part.sources else None)
+        rng = random.Random(seed * 1009 + k)
+        picked: list[str] = []
+        while len(picked) < part.examples:
+            rng.shuffle(lines)
+            picked += lines[: part.examples - len(picked)]
+        part.target.write_text("\n".join(picked) + "\n")
+
+
+def _joint_stage(joint: list[tuple[DemoTask, Recipe]], data: dict[str, DemoData]) -> dict[str, Any]:
+    parts = [(t, r.joint_stage) for t, r in joint]
+    first = parts[0][1]
+    objectives: dict[str, float] = {}
+    for _, s in parts:
+        for name, weight in s.objectives.items():
+            objectives.setdefault(name, weight)
+    # each bridge keeps its own recipe's joint learning rate (one shared lowest rate starved the others)
+    groups = {f"bridge:{t.modality}": s.lr for t, s in parts}
+    groups.update({k.format(modality=t.modality): v for t, s in parts for k, v in s.lr_groups.items()})
+    trainable = tuple(dict.fromkeys(sel.format(modality=t.modality) for t, s in parts for sel in s.trainable))
+    merged = first.model_copy(update={
+        "trainable": tuple(dict.fromkeys((*trainable, *groups))),
+        "lr_groups": groups,
+        "objectives": objectives,
+        "data": ("train",),
+        "lr": min(s.lr for _, s in parts),
+        "batch_size": max(s.batch_size for _, s in parts),
+        "steps": _joint_steps(joint),
+    })
+    mixed = {"train": [str(part.target) for part in joint_mix(joint, data)]}
+    # the selectors are already per modality, so formatting them again changes nothing
+    return merged.plan_stage("+".join(t.modality for t, _ in parts), mixed)
+
+
+def model_config(recipes: dict[str, Recipe]) -> dict[str, Any]:
+    """The run's model: SmolLM2 with each recipe's encoder and bridge."""
     # an empty system turn instead of SmolLM2's default one: ~15 fewer tokens in every training and eval sequence
-    return {"llm": "smollm2", "system_prompt": "", "modalities": {t.modality: dict(t.model) for t in tasks}}
+    return {"llm": "smollm2", "system_prompt": "", "modalities": {m: r.modality_config() for m, r in recipes.items()}}
 
 
 def _answer_budget(model: Any, task: DemoTask, lines: list[dict[str, Any]]) -> int:
@@ -184,7 +263,7 @@ def _score_by_task(model: Any, task: DemoTask, manifest: Path, limit: int | None
     for p in res["predictions"]:
         line = int(str(p["source"]).rsplit(":", 1)[1])
         ex = lines[line - 1]
-        groups[_task_of(ex)].append((p["prediction"], p["reference"]))
+        groups[_task_of(ex)].append((p["answer"], p["expected"]))
         preds.append({**p, "example": ex})
     out = {k: (len(v), score(task.metric, [a for a, _ in v], [b for _, b in v])) for k, v in sorted(groups.items())}
     out["all"] = (res["n"], res["score"])
@@ -192,14 +271,16 @@ def _score_by_task(model: Any, task: DemoTask, manifest: Path, limit: int | None
 
 
 def run_demo(mode: str = "default", output_dir: str | Path = "xmm-demo", *, seed: int = 0, examples: int = 3,
-             out: TextIO | None = None) -> DemoResult:
-    """Run the demo in ``mode`` (quick | default | all) under ``output_dir``; progress goes to ``out`` (stderr)."""
+             names: Sequence[str] | None = None, out: TextIO | None = None) -> DemoResult:
+    """Run the demo in ``mode`` (quick | default | all) under ``output_dir``: the mode's installed demo tasks, or the
+    demo tasks ``names``; progress goes to ``out`` (stderr)."""
     from xmm.model import MultimodalLM
     from xmm.training import train
 
     out = out or sys.stderr
     t_start = time.perf_counter()
-    tasks = select_tasks(mode)
+    tasks = select_tasks(mode, names)
+    _pyplot()  # the report needs it: say so now, not after the training
     root = Path(output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
 
@@ -207,15 +288,17 @@ def run_demo(mode: str = "default", output_dir: str | Path = "xmm-demo", *, seed
         print(msg, file=out, flush=True)
 
     # 1. data with known answers: separate seeds and files for train and held-out
-    data: dict[str, TaskData] = {}
+    data: dict[str, DemoData] = {}
     minutes: dict[str, float] = defaultdict(float)
     for t in tasks:
         t0 = time.perf_counter()
-        data[t.modality] = t.make(root / "data" / t.modality, _size(t, mode), seed)
+        data[t.modality] = t.make_data(root / "data" / t.modality, mode, seed)
         minutes[t.modality] += (time.perf_counter() - t0) / 60
         say(f"[data] {t.modality}: train {data[t.modality].train}, held-out {data[t.modality].test}")
 
     plan = build_plan(tasks, data, mode, root, seed)
+    joint = [(t, task_recipe(t, mode)) for t in tasks]
+    write_joint_data(joint_mix([(t, r) for t, r in joint if r.joint_stage is not None], data), seed)
     plan_path = root / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
     cache = root / "features"
@@ -228,24 +311,22 @@ def run_demo(mode: str = "default", output_dir: str | Path = "xmm-demo", *, seed
     before: dict[str, dict[str, tuple[int, float]]] = {}
     for t in tasks:
         t0 = time.perf_counter()
-        size = _size(t, mode)
+        size = t.size(mode)
         limit = size.before_limit if size.before_limit is not None else size.eval_limit
         before[t.modality], _ = _score_by_task(before_model, t, data[t.modality].test, limit, cache)
         minutes[t.modality] += (time.perf_counter() - t0) / 60
         say(f"[before] {t.modality}: {before[t.modality]['all'][1]:.3f} on {before[t.modality]['all'][0]} held-out examples")
-    llm = (before_model.llm, before_model.tokenizer, before_model.llm_info)
+    llm = before_model.loaded_llm
     del before_model
 
     # 3. staged training (progress bars from the trainer)
     t0 = time.perf_counter()
     result = train(plan_path)
     train_minutes = (time.perf_counter() - t0) / 60
-    stage_minutes = _stage_minutes(result.output_dir)
-    for t in tasks:
-        minutes[t.modality] += stage_minutes.get(f"convert-{t.modality}", 0.0) + stage_minutes.get(f"align-{t.modality}", 0.0)
-    integrate = stage_minutes.get("integrate", 0.0)
-    for t in tasks:  # the joint stage's time is shared by the modalities it trains
-        minutes[t.modality] += integrate / len(tasks)
+    for stage, spent in _stage_minutes(result.output_dir).items():
+        owner = [t.modality for t in tasks if stage.endswith(f"-{t.modality}")]
+        for m in owner or [t.modality for t in tasks]:  # the joint stage's time is shared by the modalities it trains
+            minutes[m] += spent / (len(owner) or len(tasks))
     say(f"[train] {train_minutes:.1f} min; final model in {result.model_dir}")
 
     # 4. after training, from the saved checkpoint (what a user would load)
@@ -254,9 +335,10 @@ def run_demo(mode: str = "default", output_dir: str | Path = "xmm-demo", *, seed
     shown: list[dict[str, Any]] = []
     for t in tasks:
         t0 = time.perf_counter()
-        after, preds = _score_by_task(model, t, data[t.modality].test, _size(t, mode).eval_limit, cache)
+        after, preds = _score_by_task(model, t, data[t.modality].test, t.size(mode).eval_limit, cache)
         minutes[t.modality] += (time.perf_counter() - t0) / 60
-        chance = chance_by_task(data[t.modality].train, data[t.modality].test) if t.metric == "exact" else {}
+        d = data[t.modality]
+        chance = t.chance(d) if t.chance else chance_by_task(d.train) if t.metric == "exact" else {}
         counts = Counter(_task_of(p["example"]) for p in preds)
         overall_chance = (sum(chance.get(k, 0.0) * c for k, c in counts.items()) / max(1, sum(counts.values()))) if chance else None
         for name, (n, sc) in after.items():
@@ -275,7 +357,7 @@ def run_demo(mode: str = "default", output_dir: str | Path = "xmm-demo", *, seed
 
 
 def _stage_minutes(run_dir: Path) -> dict[str, float]:
-    """Wall minutes per stage: the sum of the step times the trainer logged in ``<run>/logs/train.jsonl``."""
+    """Wall minutes per stage: the sum of the record windows (``window_s``) the trainer logged in ``<run>/logs/``."""
     spent: dict[str, float] = defaultdict(float)
     for path in sorted((Path(run_dir) / "logs").glob("*.jsonl")):
         for line in path.read_text().splitlines():
@@ -283,8 +365,8 @@ def _stage_minutes(run_dir: Path) -> dict[str, float]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "stage" in rec and "step_time_s" in rec:
-                spent[rec["stage"]] += float(rec["step_time_s"]) / 60
+            if "stage" in rec and "window_s" in rec:  # the wall time since the previous record
+                spent[rec["stage"]] += float(rec["window_s"]) / 60
     return dict(spent)
 
 
@@ -293,15 +375,18 @@ def _chat_example(modality: str, pred: dict[str, Any]) -> dict[str, Any]:
     user = ex["messages"][0]["content"]
     files = [p.get("path") for p in user if isinstance(p, dict) and p.get("type") != "text"]
     question = " ".join(p.get("text", "") for p in user if isinstance(p, dict) and p.get("type") == "text")
-    return {"modality": modality, "files": files, "question": question, "answer": pred["prediction"],
-            "expected": pred["reference"]}
+    return {"modality": modality, "files": files, "question": question, "answer": pred["answer"],
+            "expected": pred["expected"]}
+
+
+def _pyplot() -> Any:
+    matplotlib = import_optional("matplotlib", extra="plot", purpose="the demo's results.png")
+    matplotlib.use("Agg")
+    return import_optional("matplotlib.pyplot", extra="plot", purpose="the demo's results.png")
 
 
 def _write_reports(root: Path, rows: list[Row], run_dir: Path, mode: str) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     labels = [f"{r.modality}\n{r.task}" for r in rows]
     x = range(len(rows))

@@ -1,16 +1,17 @@
 """Sharing on the Hugging Face Hub: push a trained-only checkpoint (or one bridge) with a model card, pull it back
-through the Hugging Face cache (offline once cached).
+through the Hugging Face cache (offline once cached). Pushing lives here alone.
 
-``xmm push CHECKPOINT REPO_ID`` and ``MultimodalLM.push_to_hub`` use :func:`push_checkpoint` / :func:`push_model`;
-``MultimodalLM.from_pretrained("owner/name")`` uses :func:`snapshot_checkpoint`; ``Bridge.push_to_hub`` /
-``Bridge.from_pretrained`` use :func:`push_bridge` / :func:`resolve_bridge_dir`.
+``xmm push CHECKPOINT REPO_ID`` uses :func:`push_checkpoint`; a live model is pushed with :func:`push_model` (its
+frozen tensors are compared with the upload by value), one bridge with :func:`push_bridge`. Loading by repo id goes
+through :mod:`xmm.pretrained` (``MultimodalLM.from_pretrained("owner/name")``, ``xmm.registry.load_bridge``);
+:func:`snapshot` / :func:`snapshot_checkpoint` fetch a repo into the cache explicitly.
 """
 
 from __future__ import annotations
 
 from xmm.hub.audit import AuditReport, audit_folder
 from xmm.hub.card import bridge_card, checkpoint_card
-from xmm.hub.download import resolve_bridge_dir, snapshot, snapshot_checkpoint
+from xmm.hub.download import snapshot, snapshot_checkpoint
 from xmm.hub.upload import (
     PushSource,
     check_target,
@@ -37,7 +38,6 @@ __all__ = [
     "push_bridge",
     "push_checkpoint",
     "push_model",
-    "resolve_bridge_dir",
     "resolve_push_source",
     "snapshot",
     "snapshot_checkpoint",

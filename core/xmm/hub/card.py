@@ -1,8 +1,8 @@
 """Model cards (``README.md``) for pushed checkpoints and bridges, with ``library_name: xmm`` YAML metadata.
 
 Everything in a card is read from the folder being uploaded: the ``xmm.json`` manifest (LLM and encoders with their
-revisions, modalities, bridges, tokens, LoRA), the bridge configs, the tensor sizes (safetensors headers), and
-``plan.yaml`` / ``eval.json`` when the trainer left them there.
+revisions, modalities, bridges with the number of tokens each emits, tokens, LoRA), the tensor sizes (safetensors
+headers), and ``plan.yaml`` / ``eval.json`` when the trainer left them there.
 """
 
 from __future__ import annotations
@@ -12,13 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xmm.hub._hf import is_repo_id
+from xmm.pretrained import is_repo_id
 
 LIBRARY = "xmm"
-# config fields that fix Q, the embeddings per item (a list gives stages, the last one is Q)
-_QUERY_FIELDS = ("num_queries", "num_latents", "num_group_tokens", "num_query_tokens")
-# bridges that project every encoder token (Q = T, or T / k^2 after pooling / pixel shuffle)
-_PER_TOKEN = {"linear", "mlp"}
 
 
 def count_parameters(path: str | os.PathLike[str]) -> int:
@@ -49,26 +45,13 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _bridge_config(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return json.loads((folder / entry.get("path", "") / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _tokens_per_item(bridge_type: str, config: dict[str, Any], modality: str) -> str:
-    for key in _QUERY_FIELDS:
-        value = config.get(key)
-        if isinstance(value, dict):  # one query set per modality
-            value = value.get(modality)
-        if isinstance(value, list) and value:
-            value = value[-1]
-        if isinstance(value, int):
-            return str(value)
-    if bridge_type in _PER_TOKEN:
-        k = config.get("pool") or config.get("pixel_shuffle")
-        return f"encoder tokens / {k * k}" if k else "one per encoder token"
-    return "input-dependent"
+def _tokens_per_item(modality: dict[str, Any]) -> str:
+    """Q as the manifest records it (``media_tokens``: an int, or null when it depends on the input); manifests
+    written before it was recorded give '-'."""
+    if "media_tokens" not in modality:
+        return "-"
+    value = modality["media_tokens"]
+    return str(value) if isinstance(value, int) else "input-dependent"
 
 
 def _plugin_text(plugin: dict[str, Any] | None) -> str:
@@ -155,7 +138,7 @@ def checkpoint_card(folder: str | os.PathLike[str], manifest: dict[str, Any], *,
         "frozen LLM and encoders are loaded from their own sources and checked against the revisions pinned below.",
         "",
         *_llm_section(manifest),
-        *_modality_sections(folder, manifest),
+        *_modality_sections(manifest),
         *_trained_section(folder, manifest),
         *_outputs_section(manifest),
         *_plan_section(folder),
@@ -171,7 +154,7 @@ def _llm_section(manifest: dict[str, Any]) -> list[str]:
     return ["## Base LLM", "", _table(["id", "revision", "embedding fingerprint", "hidden size"], [row]), ""]
 
 
-def _modality_sections(folder: Path, manifest: dict[str, Any]) -> list[str]:
+def _modality_sections(manifest: dict[str, Any]) -> list[str]:
     bridges: dict[str, Any] = manifest.get("bridges", {})
     rows, enc_rows = [], []
     for name, m in sorted(manifest.get("modalities", {}).items()):
@@ -180,7 +163,7 @@ def _modality_sections(folder: Path, manifest: dict[str, Any]) -> list[str]:
         bentry = bridges.get(bname, {}) if isinstance(bname, str) else {}
         btype = bentry.get("type", "-")
         shared = f" (shared '{bname}')" if len(bentry.get("modalities", [])) > 1 else ""
-        q = _tokens_per_item(btype, _bridge_config(folder, bentry), name)
+        q = _tokens_per_item(m)
         rows.append([name, f"`{m.get('placeholder')}`", enc.get("name") or enc.get("id"), f"{btype}{shared}", q])
         weights = "trained (in this repo)" if enc.get("trainable") else "frozen"
         enc_rows.append([name, enc.get("id"), enc.get("revision"), weights, _plugin_text(enc.get("plugin") or m.get("plugin"))])
@@ -274,18 +257,21 @@ def _eval_section(folder: Path) -> list[str]:
     return ["## Evaluation", "", _table(["evaluation", "metric", "score", "examples"], rows), ""]
 
 
-def bridge_card(folder: str | os.PathLike[str], config: dict[str, Any], *, repo_id: str | None = None) -> str:
-    """The ``README.md`` text for a bridge pushed alone (``config.json`` + ``model.safetensors`` in ``folder``)."""
+def bridge_card(folder: str | os.PathLike[str], config: dict[str, Any], *, repo_id: str | None = None,
+                num_tokens: int | None = None) -> str:
+    """The ``README.md`` text for a bridge pushed alone (``config.json`` + ``model.safetensors`` in ``folder``);
+    ``num_tokens``: Q, as the bridge reports it (None when it depends on the input)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     btype = str(config.get("type", "bridge"))
     data = ModelCardData(library_name=LIBRARY, tags=[LIBRARY, "bridge", f"bridge-{btype}"])
     load_id = repo_id or "path/to/bridge"
+    q = "Q" if num_tokens is None else str(num_tokens)
     body = [
         f"# {repo_id or Path(folder).name}",
         "",
         f"An xmm `{btype}` bridge: encoder features `[B, T, {config.get('input_dim')}]` -> LLM embeddings "
-        f"`[B, Q, {config.get('output_dim')}]`, {count_parameters(folder)} parameters. Only the bridge is here.",
+        f"`[B, {q}, {config.get('output_dim')}]`, {count_parameters(folder)} parameters. Only the bridge is here.",
         "",
         "## Config",
         "",
@@ -296,9 +282,9 @@ def bridge_card(folder: str | os.PathLike[str], config: dict[str, Any], *, repo_
         "## How to load",
         "",
         "```python",
-        "from xmm.bridges import Bridge",
+        "from xmm.registry import load_bridge",
         "",
-        f'bridge = Bridge.from_pretrained("{load_id}")',
+        f'bridge = load_bridge("{load_id}")',
         "```",
         "",
     ]

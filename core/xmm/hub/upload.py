@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xmm.errors import CheckpointError, ConfigError
-from xmm.hub._hf import REPO_TYPE, check_repo_id, make_api, offline, translate_upload_error
+from xmm.hub._hf import REPO_TYPE, check_repo_id, hub_offline, make_api, translate_upload_error
 from xmm.hub.audit import AuditReport, audit_folder
 from xmm.hub.card import bridge_card, checkpoint_card
 from xmm.hub.download import MANIFEST_NAME
 from xmm.io import atomic_write_text
+from xmm.persist import CONFIG_NAME
+from xmm.persist.manifest import read_manifest
 
 if TYPE_CHECKING:
     from xmm.bridges.base import Bridge
@@ -118,7 +120,8 @@ def _embedding_shape(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
 def frozen_tensors(model: Any) -> list[torch.Tensor]:
     """The tensors of ``model`` that must never be uploaded: LLM base weights, frozen encoders, decoders."""
     trained = {id(t) for t in model.new_tokens.parameters()} | {id(t) for t in model.new_tokens.buffers()}
-    out = [p for n, p in model.llm.named_parameters() if "lora_" not in n and id(p) not in trained]
+    trained |= {id(p) for p in model.lora_parameters().values()}
+    out = [p for p in model.llm.parameters() if id(p) not in trained]
     out += [b for b in model.llm.buffers() if id(b) not in trained]
     for enc in model.encoders.values():
         if not (type(enc).trainable or not enc.frozen):  # frozen encoders are never saved
@@ -157,7 +160,7 @@ def upload_folder(
     api: Any = None,
 ) -> str:
     """Create the repo (and branch ``revision``) if needed and upload ``folder`` as one commit; returns its url."""
-    if offline():
+    if hub_offline():
         raise CheckpointError(f"cannot upload to '{repo_id}': HF_HUB_OFFLINE is set; unset it to push")
     check_target(repo_id, revision=revision, create_pr=create_pr)
     api = api or make_api(token)
@@ -190,12 +193,12 @@ def prepare_checkpoint(checkpoint: str | os.PathLike[str] | PushSource, staging:
     there is one, lets the audit compare every staged tensor with the frozen ones by value; without it, names and
     the LLM embedding shape from the manifest are checked.
     """
-    from xmm.model.checkpoint import read_manifest
-
     src = checkpoint if isinstance(checkpoint, PushSource) else resolve_push_source(checkpoint)
     staging = Path(staging)
     _copy_checkpoint(src, staging)
-    manifest = read_manifest(staging)
+    # validated (a malformed manifest is refused, naming the field), then read as the card reads it: only what the
+    # file says, so a field older manifests lack stays absent instead of taking a default
+    manifest = read_manifest(staging).model_dump(mode="json", exclude_unset=True)
     frozen = frozen_tensors(model) if model is not None else None
     report = audit_folder(staging, frozen=frozen, embedding_shape=_embedding_shape(manifest))
     return _with_card(report, staging, checkpoint_card(staging, manifest, repo_id=repo_id))
@@ -250,8 +253,9 @@ def prepare_bridge(bridge: Bridge, staging: str | os.PathLike[str], *, repo_id: 
         raise CheckpointError(f"{staging}: the staging folder must be empty")
     bridge.save_pretrained(staging)
     report = audit_folder(staging)
-    config = json.loads((staging / "config.json").read_text())
-    return _with_card(report, staging, bridge_card(staging, config, repo_id=repo_id))
+    config = json.loads((staging / CONFIG_NAME).read_text())
+    card = bridge_card(staging, config, repo_id=repo_id, num_tokens=bridge.num_output_tokens())
+    return _with_card(report, staging, card)
 
 
 def push_bridge(

@@ -7,12 +7,12 @@ messages are spliced into the LLM input where their placeholder tokens are.
 from __future__ import annotations
 
 from xmm.model.checkpoint import embedding_fingerprint, read_manifest
-from xmm.model.collator import IGNORE_INDEX, MultimodalBatch, MultimodalCollator
+from xmm.model.collator import MultimodalBatch, MultimodalCollator
 from xmm.model.config import LoraSettings, ModalityConfig, MultimodalConfig
 from xmm.model.generation import GenerationResult, TextStream
 from xmm.model.messages import MediaItem, ParsedConversation, parse_conversation
 from xmm.model.multimodal import MultimodalLM, MultimodalOutput
-from xmm.model.splice import SplicedInputs, splice
+from xmm.model.splice import IGNORE_INDEX, SplicedInputs, splice
 
 __all__ = [
     "IGNORE_INDEX",

@@ -1,51 +1,52 @@
-"""Checkpoints of a :class:`~xmm.model.MultimodalLM`: only what was trained, plus an ``xmm.json`` manifest.
+"""Checkpoints of a :class:`~xmm.model.MultimodalLM`: only what was trained, plus the ``xmm.json`` manifest.
 
-Layout::
-
-    xmm.json                   manifest: LLM id/revision/embedding fingerprint, modalities with encoder and plugin
-                               identity, bridges, added tokens, LoRA, projectors, decoders, the model config
-    bridges/<name>/            one folder per bridge (a shared bridge once): config.json + model.safetensors
-    new_tokens.safetensors     rows of added tokens (placeholders and trainable signal tokens)
-    lora/                      adapter_config.json + adapter_model.safetensors (only with LoRA)
-    projectors/<name>/         output projectors (only when present)
-    encoders/<modality>/       trainable encoders only (e.g. device); frozen encoders are never written
-
-Frozen weights (the LLM, frozen encoders, decoders) are never written. Saving builds the folder beside the target
-and swaps it in, so a reader never sees half a checkpoint; files other than ours (``plan.yaml``, ``eval.json``)
-already in the target are kept.
+The folder layout and the typed manifest are :mod:`xmm.persist.manifest`'s. Frozen weights (the LLM, frozen
+encoders, decoders) are never written. Saving builds the folder beside the target and swaps it in, so a reader never
+sees half a checkpoint; files other than ours (``plan.yaml``, ``eval.json``) already in the target are kept. Loading
+reads everything through :class:`~xmm.persist.manifest.Manifest`: a malformed value is a
+:class:`~xmm.errors.CheckpointError` naming the field and the file, and no path may lead out of the folder.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
-import re
-import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from xmm.errors import CheckpointError, IncompatibleCheckpointError, RegistryError
-from xmm.io import atomic_write
+from xmm.errors import CheckpointError, ConfigError, IncompatibleCheckpointError, ModelNotFoundError, RegistryError
+from xmm.io import atomic_dir, atomic_write
+from xmm.llm import LoadedLLM, as_loaded_llm, load_llm
+from xmm.model.config import LoraSettings, MultimodalConfig
+from xmm.model.media import media_token_count
+from xmm.model.outputs import load_projectors, outputs_manifest
+from xmm.persist import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, validate_config
+from xmm.persist import manifest as layout
+from xmm.persist.manifest import (
+    BRIDGES_DIR,
+    ENCODER_WEIGHTS,
+    ENCODERS_DIR,
+    LORA_DIR,
+    LORA_WEIGHTS,
+    MANAGED,
+    MANIFEST,
+    NEW_TOKENS,
+    PROJECTORS_DIR,
+    Manifest,
+    parse_manifest,
+    read_manifest,
+    resolve_inside,
+)
+from xmm.registry import Registry, get_registry, load_bridge
 
 if TYPE_CHECKING:
     from xmm.model.multimodal import MultimodalLM
 
-log = logging.getLogger(__name__)
-
-MANIFEST = "xmm.json"
-FORMAT = "xmm-checkpoint"
-FORMAT_VERSION = 1
-NEW_TOKENS = "new_tokens.safetensors"
-LORA_DIR = "lora"
-LORA_WEIGHTS = "adapter_model.safetensors"
-LORA_CONFIG = "adapter_config.json"
-ENCODER_WEIGHTS = "model.safetensors"
-MANAGED = {MANIFEST, NEW_TOKENS, LORA_DIR, "bridges", "projectors", "encoders"}
+__all__ = ["build_manifest", "check_plugins", "embedding_fingerprint", "load_checkpoint", "read_manifest",
+           "save_checkpoint"]
 
 
 def embedding_fingerprint(llm: Any) -> str:
@@ -61,22 +62,6 @@ def embedding_fingerprint(llm: Any) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{directory}: not an xmm checkpoint (no {MANIFEST})") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read the manifest: {e}") from e
-    if data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an xmm checkpoint manifest (format {data.get('format')!r})")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise IncompatibleCheckpointError(f"{path}: format version {data.get('format_version')} is newer than this "
-                                          f"xmm supports ({FORMAT_VERSION}); upgrade xmm-core")
-    return data
-
-
 # -- saving ------------------------------------------------------------------------------------------------
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
@@ -85,49 +70,42 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
     atomic_write(path, lambda p: save_file(state, str(p), metadata=meta or {"format": "pt"}))
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=2, default=str) + "\n"))
+def _encoder_saved(enc: Any) -> bool:
+    return bool(type(enc).trainable or not enc.frozen)
 
 
-def build_manifest(model: MultimodalLM) -> dict[str, Any]:
-    from xmm import __version__
-    from xmm.model.outputs import outputs_manifest
+def build_manifest(model: MultimodalLM) -> Manifest:
+    """The manifest of ``model`` as it is now (what :func:`save_checkpoint` writes)."""
+    from xmm._version import __version__
 
-    llm_cfg = model.llm.config
     bridges: dict[str, Any] = {}
     for m, name in model.bridge_names.items():
-        b = model.bridges[m]
-        entry = bridges.setdefault(name, {"type": b.config.type, "path": f"bridges/{name}", "modalities": []})
+        entry = bridges.setdefault(name, {"type": model.bridges[m].config.type, "path": f"{BRIDGES_DIR}/{name}",
+                                          "modalities": []})
         entry["modalities"].append(m)
     modalities: dict[str, Any] = {}
     for m, spec in model.specs.items():
         enc = model.encoders[m]
         pinfo = model.plugin_info.get(m, {})
+        saved = _encoder_saved(enc)
         modalities[m] = {
             "placeholder": spec.placeholder,
             "plugin": pinfo.get("modality"),
             "encoder": {
-                "name": pinfo.get("encoder_name"),
-                "config": pinfo.get("encoder_config", {}),
-                "id": enc.id,
-                "revision": enc.revision,
-                "output_dim": enc.output_dim,
-                "plugin": pinfo.get("encoder"),
-                "trainable": _encoder_saved(enc),
-                "path": f"encoders/{m}" if _encoder_saved(enc) else None,
+                "name": pinfo.get("encoder_name"), "config": pinfo.get("encoder_config", {}), "id": enc.id,
+                "revision": enc.revision, "output_dim": enc.output_dim, "plugin": pinfo.get("encoder"),
+                "trainable": saved, "path": f"{ENCODERS_DIR}/{m}" if saved else None,
+                "num_tokens": enc.num_output_tokens(),
             },
             "bridge": model.bridge_names[m],
+            "media_tokens": media_token_count(enc, model.bridges[m], m),
         }
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    llm_cfg = model.llm.config
+    data = {
         "xmm_version": __version__,
         "llm": {
-            "name": model.config.llm,
-            "id": model.llm_info.get("id"),
-            "revision": model.llm_info.get("revision"),
-            "embedding_fingerprint": embedding_fingerprint(model.llm),
-            "vocab_size": model.base_vocab_size,
+            "name": model.config.llm, "id": model.llm_info.get("id"), "revision": model.llm_info.get("revision"),
+            "embedding_fingerprint": embedding_fingerprint(model.llm), "vocab_size": model.base_vocab_size,
             "hidden_size": model.hidden_size,
             "architecture": (getattr(llm_cfg, "architectures", None) or [type(model.llm).__name__])[0],
         },
@@ -135,15 +113,12 @@ def build_manifest(model: MultimodalLM) -> dict[str, Any]:
         "bridges": bridges,
         "tokens": [{"text": t.text, "id": t.id, "trainable": t.trainable} for t in model.new_tokens.tokens],
         "lora": model.lora_settings.model_dump() if model.lora_settings is not None else None,
-        "projectors": {n: {"type": getattr(getattr(p, "config", None), "type", type(p).__name__), "path": f"projectors/{n}"}
-                       for n, p in model.projectors.items()},
+        "projectors": {n: {"type": getattr(getattr(p, "config", None), "type", type(p).__name__),
+                           "path": f"{PROJECTORS_DIR}/{n}"} for n, p in model.projectors.items()},
         "decoders": outputs_manifest(model),
         "config": model.config.model_dump(mode="json"),
     }
-
-
-def _encoder_saved(enc: Any) -> bool:
-    return bool(type(enc).trainable or not enc.frozen)
+    return parse_manifest({"format": "xmm-checkpoint", "format_version": 1, **data}, source="the model's manifest")
 
 
 def save_checkpoint(model: MultimodalLM, directory: str | os.PathLike[str]) -> Path:
@@ -153,12 +128,11 @@ def save_checkpoint(model: MultimodalLM, directory: str | os.PathLike[str]) -> P
         raise CheckpointError(f"{target}: exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).exists():
         raise CheckpointError(f"{target}: exists, is not empty and is not an xmm checkpoint; refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        manifest = build_manifest(model)
-        for name, entry in manifest["bridges"].items():
-            model.bridges[entry["modalities"][0]].save_pretrained(tmp / "bridges" / name)
+    manifest = build_manifest(model)
+    # keep what others wrote beside the checkpoint (plan.yaml, eval.json, README)
+    with atomic_dir(target, keep=lambda name: name not in MANAGED) as tmp:
+        for entry in manifest.bridges.values():
+            model.bridges[entry.modalities[0]].save_pretrained(tmp / entry.path)
         if model.new_tokens.tokens:
             _save_tensors(tmp / NEW_TOKENS, model.new_tokens.state_for_save())
         if model.lora_settings is not None:
@@ -169,161 +143,178 @@ def save_checkpoint(model: MultimodalLM, directory: str | os.PathLike[str]) -> P
         for name, proj in model.projectors.items():
             if not hasattr(proj, "save_pretrained"):
                 raise CheckpointError(f"projector '{name}' ({type(proj).__name__}) has no save_pretrained()")
-            proj.save_pretrained(tmp / "projectors" / name)
-        for m, enc in model.encoders.items():
-            if _encoder_saved(enc):
-                _save_tensors(tmp / "encoders" / m / ENCODER_WEIGHTS, dict(enc.state_dict()))
-        _write_json(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            proj.save_pretrained(tmp / manifest.projectors[name].path)
+        for m, entry in manifest.modalities.items():
+            if entry.encoder.path is not None:
+                _save_tensors(tmp / entry.encoder.path / ENCODER_WEIGHTS, dict(model.encoders[m].state_dict()))
+        atomic_write(tmp / MANIFEST, lambda p: Path(p).write_text(manifest.to_json()))
     return target
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    for entry in target.iterdir():  # keep what others wrote beside the checkpoint (plan.yaml, eval.json, README)
-        if entry.name not in MANAGED and not (tmp / entry.name).exists():
-            shutil.move(str(entry), str(tmp / entry.name))
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # -- loading -----------------------------------------------------------------------------------------------
-def _install_hint(plugin: dict[str, Any] | None) -> str:
-    if not plugin or not plugin.get("distribution"):
+def _install_hint(plugin: Any) -> str:
+    if plugin is None or not plugin.distribution:
         return "its plugin is not installed"
-    dist, version = plugin["distribution"], plugin.get("version")
+    dist, version = plugin.distribution, plugin.version
     pin = f"=={version}" if version and version != "?" else ""
     return f"it comes from the plugin distribution '{dist}' version {version}; install it with: pip install '{dist}{pin}'"
 
 
-def check_plugins(manifest: dict[str, Any], reg: Any, source: Any) -> None:
+def check_plugins(manifest: Manifest, reg: Registry, source: Any) -> None:
     """Every modality, encoder and bridge type the checkpoint needs must be registered."""
-    for m, entry in manifest.get("modalities", {}).items():
+    for m, entry in manifest.modalities.items():
         try:
             reg.modality(m)
         except RegistryError as e:
+            raise IncompatibleCheckpointError(f"{source}: the checkpoint needs modality '{m}', which is not registered; "
+                                              f"{_install_hint(entry.plugin)}") from e
+        if entry.encoder.name not in reg.encoders:
             raise IncompatibleCheckpointError(
-                f"{source}: the checkpoint needs modality '{m}', which is not registered; {_install_hint(entry.get('plugin'))}"
-            ) from e
-        enc = entry.get("encoder", {})
-        if enc.get("name") not in reg.encoders:
-            raise IncompatibleCheckpointError(
-                f"{source}: the checkpoint needs encoder '{enc.get('name')}' for modality '{m}', which is not registered; "
-                f"{_install_hint(enc.get('plugin'))}"
-            )
-    for name, entry in manifest.get("bridges", {}).items():
+                f"{source}: the checkpoint needs encoder '{entry.encoder.name}' for modality '{m}', which is not "
+                f"registered; {_install_hint(entry.encoder.plugin)}")
+    for name, entry in manifest.bridges.items():
         try:
-            reg.bridge_class(entry["type"])
+            reg.bridge_class(entry.type)
         except RegistryError as e:
             raise IncompatibleCheckpointError(
-                f"{source}: bridge '{name}' has type '{entry['type']}', which is not registered (see `xmm plugins`)"
-            ) from e
+                f"{source}: bridge '{name}' has type '{entry.type}', which is not registered (see `xmm plugins`)") from e
 
 
-def _resolve_dir(path_or_repo: str | os.PathLike[str], revision: str | None) -> Path:
-    path = Path(path_or_repo)
-    if path.is_dir():
-        return path
-    text = str(path_or_repo)
-    if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-        raise CheckpointError(f"{text}: no such checkpoint directory (nor a Hub repo id like 'owner/name')")
-    from xmm import hub  # not a local folder: a Hub repo id
+def resolve_checkpoint_dir(path_or_repo: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """A checkpoint folder, or the cached snapshot of a Hub repo id (downloaded when missing and the Hub is on)."""
+    from xmm import pretrained
 
-    return Path(hub.snapshot_checkpoint(text, revision=revision))
+    text = os.fspath(path_or_repo)
+    try:
+        return pretrained.resolve(text, revision=revision, download=True, must_contain=MANIFEST, what="xmm checkpoint")
+    except ModelNotFoundError as e:
+        if pretrained.looks_local(text):
+            raise CheckpointError(f"{text}: no such checkpoint directory (nor a Hub repo id like 'owner/name')") from e
+        raise
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}: not an xmm checkpoint (no {MANIFEST})") from e
 
 
-def load_checkpoint(cls: type[MultimodalLM], path_or_repo: str | os.PathLike[str], *, llm: Any = None,
-                    revision: str | None = None, registry: Any = None, decoders: Any = None) -> MultimodalLM:
-    """Rebuild a model from a checkpoint folder or Hub repo id (see :meth:`MultimodalLM.from_pretrained`)."""
-    from safetensors.torch import load_file
-
-    from xmm.bridges.base import Bridge, load_state_strict
-    from xmm.llm import load_llm
-    from xmm.model.config import MultimodalConfig
-    from xmm.registry import get_registry
-
-    directory = _resolve_dir(path_or_repo, revision)
-    manifest = read_manifest(directory)
-    reg = registry or get_registry()
-    check_plugins(manifest, reg, directory)
-    cfg = MultimodalConfig.load(manifest["config"])
-    want = manifest["llm"]
-    if llm is None:
-        import torch as _t
-
-        llm = load_llm(want.get("name") or want.get("id"), dtype=getattr(_t, cfg.dtype))
-    found = embedding_fingerprint(llm[0])
-    if found != want["embedding_fingerprint"]:
-        info = llm[2] if len(llm) > 2 else {}
+def _check_llm(directory: Path, manifest: Manifest, loaded: LoadedLLM) -> None:
+    want, found = manifest.llm, embedding_fingerprint(loaded.model)
+    if found != want.embedding_fingerprint:
+        info = loaded.info
         raise IncompatibleCheckpointError(
-            f"{directory}: the checkpoint was trained on LLM '{want.get('id')}' (revision {want.get('revision')}, "
-            f"embedding fingerprint {want['embedding_fingerprint']}); the LLM given is '{info.get('id')}' (revision "
-            f"{info.get('revision')}, fingerprint {found}). Load it with the LLM it was trained on."
-        )
-    # build without LoRA: the adapter is injected and loaded below with the saved settings
-    model = cls.from_config(cfg.model_copy(update={"lora": None, "signal_tokens": []}), llm=llm, registry=reg,
-                            decoders=decoders)
-    for m, entry in manifest["modalities"].items():
-        enc, e = model.encoders[m], entry["encoder"]
-        if (enc.id, str(enc.revision)) != (e["id"], str(e["revision"])):
-            raise IncompatibleCheckpointError(
-                f"{directory}: modality '{m}' was trained with encoder {e['id']} revision {e['revision']}, but the "
-                f"installed plugin gives {enc.id} revision {enc.revision}; {_install_hint(e.get('plugin'))}"
-            )
-        if e.get("path"):
-            wpath = directory / e["path"] / ENCODER_WEIGHTS
-            load_state_strict(enc, _load(load_file, wpath), source=wpath)
+            f"{directory}: the checkpoint was trained on LLM '{want.id}' (revision {want.revision}, embedding "
+            f"fingerprint {want.embedding_fingerprint}); the LLM given is '{info.id}' (revision {info.revision}, "
+            f"fingerprint {found}). Load it with the LLM it was trained on.")
+
+
+def _validated(cls: Any, data: dict[str, Any], directory: Path, prefix: str) -> Any:
+    try:
+        return cls.load(data) if cls is MultimodalConfig else validate_config(cls, data)
+    except ConfigError as e:
+        field = f"{prefix}.{e.field}" if e.field else prefix
+        raise CheckpointError(f"{directory / MANIFEST}: field '{field}': {e}") from e
+
+
+def _restore_tokens(model: MultimodalLM, manifest: Manifest, directory: Path) -> None:
     # tokens in their saved order, so ids match the saved rows
     have = [t.text for t in model.new_tokens.tokens]
-    saved = manifest.get("tokens", [])
-    if have != [t["text"] for t in saved[: len(have)]]:
-        raise IncompatibleCheckpointError(f"{directory}: added tokens {[t['text'] for t in saved]} do not start with the "
+    saved = manifest.tokens
+    if have != [t.text for t in saved[: len(have)]]:
+        raise IncompatibleCheckpointError(f"{directory}: added tokens {[t.text for t in saved]} do not start with the "
                                           f"model's placeholders {have}")
     rest = saved[len(have):]
     i = 0
     while i < len(rest):  # consecutive runs with the same trainable flag keep the saved order
         j = i
-        while j < len(rest) and rest[j]["trainable"] == rest[i]["trainable"]:
+        while j < len(rest) and rest[j].trainable == rest[i].trainable:
             j += 1
-        model.add_tokens([t["text"] for t in rest[i:j]], trainable=rest[i]["trainable"])
+        model.add_tokens([t.text for t in rest[i:j]], trainable=rest[i].trainable)
         i = j
     for t in saved:
-        tid = int(model.tokenizer.convert_tokens_to_ids(t["text"]))
-        if tid != int(t["id"]):
-            raise IncompatibleCheckpointError(f"{directory}: token {t['text']!r} has id {tid} here but {t['id']} in the "
+        tid = int(model.tokenizer.convert_tokens_to_ids(t.text))
+        if tid != t.id:
+            raise IncompatibleCheckpointError(f"{directory}: token {t.text!r} has id {tid} here but {t.id} in the "
                                               "checkpoint; the tokenizer differs from the one it was trained with")
     if saved:
-        model.new_tokens.load_saved(_load(load_file, directory / NEW_TOKENS), source=str(directory / NEW_TOKENS))
-    # bridges from their saved configs, strictly
-    for name, entry in manifest["bridges"].items():
-        bridge = Bridge.from_pretrained(directory / entry["path"]).to(model.device)
-        for m in entry["modalities"]:
+        path = resolve_inside(directory, NEW_TOKENS, field="tokens")
+        model.new_tokens.load_saved(_load(path), source=str(path))
+
+
+def load_checkpoint(cls: type[MultimodalLM], path_or_repo: str | os.PathLike[str], *, llm: LoadedLLM | None = None,
+                    revision: str | None = None, registry: Registry | None = None, decoders: Any = None) -> MultimodalLM:
+    """Rebuild a model from a checkpoint folder or Hub repo id (see :meth:`MultimodalLM.from_pretrained`)."""
+    from xmm.model.build import build_model
+
+    directory = resolve_checkpoint_dir(path_or_repo, revision)
+    manifest = read_manifest(directory)
+    reg = registry or get_registry()
+    check_plugins(manifest, reg, directory)
+    cfg = _validated(MultimodalConfig, manifest.config, directory, "config")
+    settings = _validated(LoraSettings, manifest.lora, directory, "lora") if manifest.lora is not None else None
+    # every folder the manifest names, and every file read from it, must lie inside the checkpoint
+    bridge_dirs = {n: _folder(directory, b.path, (CONFIG_NAME, WEIGHTS_NAME), f"bridges.{n}.path")
+                   for n, b in manifest.bridges.items()}
+    encoder_dirs = {m: _folder(directory, e.encoder.path, (ENCODER_WEIGHTS,), f"modalities.{m}.encoder.path")
+                    for m, e in manifest.modalities.items() if e.encoder.path is not None}
+    projector_dirs = {m: _folder(directory, d.projector, (CONFIG_NAME, WEIGHTS_NAME), f"decoders.{m}.projector")
+                      for m, d in manifest.decoders.items() if d.projector is not None}
+    if llm is None:
+        loaded = load_llm(manifest.llm.name or manifest.llm.id, dtype=getattr(torch, cfg.dtype), download=False)
+    else:
+        loaded = as_loaded_llm(llm)
+    _check_llm(directory, manifest, loaded)
+    # build without LoRA and extra signal tokens: both are restored below in their saved form
+    model = build_model(cls, cfg.model_copy(update={"lora": None, "signal_tokens": []}), llm=loaded, registry=reg,
+                        decoders=decoders)
+    for m, entry in manifest.modalities.items():
+        enc, e = model.encoders[m], entry.encoder
+        if (enc.id, str(enc.revision)) != (e.id, e.revision):
+            raise IncompatibleCheckpointError(
+                f"{directory}: modality '{m}' was trained with encoder {e.id} revision {e.revision}, but the installed "
+                f"plugin gives {enc.id} revision {enc.revision}; {_install_hint(e.plugin)}")
+        if m in encoder_dirs:
+            wpath = encoder_dirs[m] / ENCODER_WEIGHTS
+            load_state_strict(enc, _load(wpath), source=wpath)
+    _restore_tokens(model, manifest, directory)
+    for name, entry in manifest.bridges.items():  # from their saved configs, strictly
+        bridge = load_bridge(bridge_dirs[name], registry=reg, download=False).to(model.device)
+        for m in entry.modalities:
             model.bridges[m] = bridge
             model.bridge_names[m] = name
-    if manifest.get("lora"):
-        model.add_lora(manifest["lora"])
-        wpath = directory / LORA_DIR / LORA_WEIGHTS
-        model.load_lora_state_dict(_load(load_file, wpath), source=str(wpath))
-    # outputs: from_config rebuilt the decoders, projectors and signal tokens from cfg.outputs; load the projectors
-    from xmm.model.outputs import load_projectors
-
-    load_projectors(model, directory)
+    if settings is not None:
+        model.add_lora(settings)
+        wpath = _folder(directory, LORA_DIR, (LORA_WEIGHTS,), "lora") / LORA_WEIGHTS
+        model.load_lora_state_dict(_load(wpath), source=str(wpath))
+    # from_config rebuilt the decoders, projectors and signal tokens from cfg.outputs; load the projectors
+    load_projectors(model, directory, projector_dirs)
     model.config = cfg
     model.checkpoint_dir = directory
     return model.eval()  # modules loaded above start in train mode (dropout on)
 
 
-def _load(load_file: Any, path: Path) -> dict[str, torch.Tensor]:
+def _folder(directory: Path, relative: str, files: tuple[str, ...], field: str) -> Path:
+    """``directory / relative`` and the ``files`` read from it, each checked to stay inside the checkpoint."""
+    for name in files:
+        resolve_inside(directory, f"{relative}/{name}", field=field)
+    return resolve_inside(directory, relative, field=field)
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: missing from the checkpoint") from e
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: cannot read: {e}") from e
+
+
+# layout names that lived here before xmm.persist.manifest; importable from here for one release
+_MOVED = {"MANIFEST", "FORMAT", "FORMAT_VERSION", "NEW_TOKENS", "LORA_DIR", "LORA_WEIGHTS", "LORA_CONFIG",
+          "ENCODER_WEIGHTS", "MANAGED"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(f"xmm.model.checkpoint.{name} moved to xmm.persist.manifest", DeprecationWarning, stacklevel=2)
+        return getattr(layout, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

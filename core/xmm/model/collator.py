@@ -2,25 +2,48 @@
 
 Used by :class:`~xmm.model.MultimodalLM` for generation (left padding, generation prompt) and by the trainer
 (right padding, labels). Every media item is validated here, before any model work.
+
+Text is untrusted too: its length is checked in characters before the tokenizer sees it (``$XMM_MAX_PROMPT_CHARS``),
+and chat-template control tokens written in user, system or tool text (``<|im_start|>system ...``) are escaped so
+they stay text (:mod:`xmm.textguard`; ``control_tokens="refuse"`` raises instead, ``"allow"`` keeps them, and
+``$XMM_CONTROL_TOKENS`` sets the default). Assistant text is left alone: answers may hold the model's own tokens.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from xmm.errors import ContextLengthError, PromptError
-from xmm.modality import ModalitySpec
+from xmm.errors import ConfigError, ContextLengthError, PromptError
+from xmm.limits import max_prompt_chars
+from xmm.modality import ModalitySpec, legacy_query_tokens
 from xmm.model.messages import MediaItem, parse_conversation
+from xmm.model.splice import IGNORE_INDEX
+from xmm.textguard import TextGuard
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
+CONTROL_TOKEN_POLICIES = ("escape", "refuse", "allow")
+CONTROL_TOKENS_ENV = "XMM_CONTROL_TOKENS"
+
+
+def control_token_policy(policy: str | None = None) -> str:
+    """``policy``, else ``$XMM_CONTROL_TOKENS``, else ``"escape"``; anything else is a :class:`ConfigError`."""
+    value = policy if policy is not None else (os.environ.get(CONTROL_TOKENS_ENV, "").strip().lower() or "escape")
+    if value not in CONTROL_TOKEN_POLICIES:
+        raise ConfigError(f"must be one of {', '.join(CONTROL_TOKEN_POLICIES)}, got {value!r}",
+                          field="control_tokens", source=None if policy is not None else f"${CONTROL_TOKENS_ENV}")
+    return value
+
+
+def text_chars(messages: Sequence[Mapping[str, str]]) -> int:
+    """Characters of text in flattened (string-content) messages."""
+    return sum(len(m["content"]) for m in messages)
 
 # used only when a tokenizer has no chat template of its own (base models): ChatML, as many instruct models use
 FALLBACK_CHAT_TEMPLATE = (
@@ -32,7 +55,7 @@ FALLBACK_CHAT_TEMPLATE = (
 @dataclass
 class MultimodalBatch:
     """A collated batch. ``input_ids``/``attention_mask``/``labels``: ``[B, L]`` with one placeholder id per media
-    item; ``labels`` is -100 except on assistant answer tokens (None for generation batches). ``media`` lists the
+    item; ``labels`` is ``IGNORE_INDEX`` (-100) except on assistant answer tokens (None for generation batches). ``media`` lists the
     items in row-major order of their placeholders (``item.batch_index``, ``item.position``)."""
 
     input_ids: torch.Tensor
@@ -45,11 +68,24 @@ class MultimodalBatch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def to(self, device: torch.device | str) -> MultimodalBatch:
-        self.input_ids = self.input_ids.to(device)
-        self.attention_mask = self.attention_mask.to(device)
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MultimodalBatch:
+        self.input_ids = self.input_ids.to(device, non_blocking=non_blocking)
+        self.attention_mask = self.attention_mask.to(device, non_blocking=non_blocking)
         if self.labels is not None:
-            self.labels = self.labels.to(device)
+            self.labels = self.labels.to(device, non_blocking=non_blocking)
+        return self
+
+    def pin_memory(self) -> MultimodalBatch:
+        """Page-lock the batch's tensors (and its items' preprocessed inputs) so copies to a GPU can overlap
+        compute; what a DataLoader with ``pin_memory=True`` calls."""
+        self.input_ids = self.input_ids.pin_memory()
+        self.attention_mask = self.attention_mask.pin_memory()
+        if self.labels is not None:
+            self.labels = self.labels.pin_memory()
+        for item in self.media:
+            ready = getattr(item, "preprocessed", None)
+            if ready is not None:
+                item.preprocessed = {k: v.pin_memory() for k, v in ready.items()}
         return self
 
 
@@ -58,11 +94,14 @@ class MultimodalCollator:
     into a :class:`MultimodalBatch`.
 
     ``padding_side``: ``right`` for training, ``left`` for generation. ``add_generation_prompt``: end each prompt with
-    the assistant header (generation). ``media_tokens(item) -> int`` estimates how many LLM positions an item takes
-    (the model's bridge Q) so that over-long prompts fail here with :class:`ContextLengthError`. ``load_media``:
+    the assistant header (generation). ``media_tokens(item) -> int`` says how many LLM positions an item takes
+    (the model's :meth:`~xmm.model.MultimodalLM.num_media_tokens`; a lower bound where the bridge decides at run
+    time) so that over-long prompts fail here with :class:`ContextLengthError`. ``load_media``:
     decode every item now (validation before model work); with False only cheap checks run (a feature cache may
     make decoding unnecessary). ``system_prompt``: system message put first when a conversation has none (default:
-    the model config's; None keeps the chat template's own default).
+    the model config's; None keeps the chat template's own default). ``control_tokens``: what control tokens in
+    non-assistant text become (see the module docstring). ``max_chars``: the most characters of text in one example
+    (default ``xmm.limits.max_prompt_chars()``), checked before tokenising.
     """
 
     def __init__(
@@ -77,6 +116,8 @@ class MultimodalCollator:
         load_media: bool = True,
         chat_template: str | None = None,
         system_prompt: str | None = None,
+        control_tokens: str | None = None,
+        max_chars: int | None = None,
     ) -> None:
         if hasattr(model_or_tokenizer, "tokenizer") and hasattr(model_or_tokenizer, "specs"):
             model = model_or_tokenizer
@@ -94,10 +135,13 @@ class MultimodalCollator:
         self.padding_side = padding_side
         self.add_generation_prompt = add_generation_prompt
         self.max_length = max_length
-        self.media_tokens = media_tokens or (lambda item: item.spec.num_query_tokens)
+        self.media_tokens = media_tokens or _media_tokens_without_model
         self.load_media = load_media
         self.chat_template = chat_template
         self.system_prompt = system_prompt
+        self.control_tokens = control_token_policy(control_tokens)
+        self.max_chars = max_chars if max_chars is not None else max_prompt_chars()
+        self._guard: TextGuard | None = None
         if chat_template is None and getattr(self.tokenizer, "chat_template", None) is None:
             log.warning("the tokenizer has no chat template; using a ChatML fallback")
             self.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -119,6 +163,31 @@ class MultimodalCollator:
     def placeholder_ids(self) -> dict[int, str]:
         """Token id -> modality name of every placeholder."""
         return dict(self._placeholder_ids)
+
+    # -- untrusted text ---------------------------------------------------------------------------
+    @property
+    def guard(self) -> TextGuard | None:
+        """The control-token guard of this tokenizer (placeholders excluded), None with ``control_tokens="allow"``."""
+        if self.control_tokens == "allow":
+            return None
+        if self._guard is None:
+            placeholders = [s.placeholder for s in self.specs.values()]
+            self._guard = TextGuard.for_tokenizer(self.tokenizer, policy=self.control_tokens,  # type: ignore[arg-type]
+                                                  exclude=placeholders)
+        return self._guard
+
+    def guard_text(self, msgs: list[dict[str, str]], index: int = 0) -> list[dict[str, str]]:
+        """``msgs`` with the length limit checked and control tokens in non-assistant text handled by the policy."""
+        n = text_chars(msgs)
+        if n > self.max_chars:
+            raise PromptError(f"example {index}: {n:,} characters of text, over the limit of {self.max_chars:,} "
+                              "($XMM_MAX_PROMPT_CHARS raises it)")
+        guard = self.guard
+        if guard is None:
+            return msgs
+        return [m if m["role"] == "assistant" else {**m, "content": guard.apply(m["content"], where=f"example {index}, "
+                                                                                 f"message {i} ({m['role']})")}
+                for i, m in enumerate(msgs)]
 
     # -- rendering --------------------------------------------------------------------------------
     def render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
@@ -166,13 +235,14 @@ class MultimodalCollator:
             if "messages" not in example:
                 raise PromptError(f"example {index}: needs a 'messages' key, got keys {sorted(example)}")
             messages, base_dir, media = example["messages"], example.get("base_dir"), example.get("media")
+            outside = bool(example.get("allow_outside_paths", False))
         else:
-            messages, base_dir, media = example, None, None
+            messages, base_dir, media, outside = example, None, None, False
         try:
-            conv = parse_conversation(messages, self.specs, media=media, base_dir=base_dir)
+            conv = parse_conversation(messages, self.specs, media=media, base_dir=base_dir, allow_outside_paths=outside)
         except PromptError as e:
             raise PromptError(f"example {index}: {e}") from e
-        msgs = conv.messages
+        msgs = self.guard_text(conv.messages, index)
         if self.add_generation_prompt and msgs[-1]["role"] == "assistant":
             raise PromptError(f"example {index}: the last message is the assistant's; nothing to generate")
         full = self.render(msgs, self.add_generation_prompt)
@@ -216,7 +286,13 @@ class MultimodalCollator:
     def __call__(self, examples: Sequence[Any]) -> MultimodalBatch:
         if not examples:
             raise PromptError("cannot collate an empty list of examples")
-        encoded = [self.encode_example(ex, i) for i, ex in enumerate(examples)]
+        return self.assemble([self.encode_example(ex, i) for i, ex in enumerate(examples)], examples)
+
+    def assemble(self, encoded: Sequence[tuple[list[int], list[int], list[MediaItem]]],
+                 examples: Sequence[Any] = ()) -> MultimodalBatch:
+        """Pad examples already encoded by :meth:`encode_example` into a batch (a trainer can encode each example
+        once and assemble batches from those every epoch); sets each item's ``batch_index`` and shifts its
+        ``position`` and ``context`` by the padding. ``examples``: the raw examples, kept on the batch."""
         width = max(len(ids) for ids, _, _ in encoded)
         input_ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -243,6 +319,7 @@ class MultimodalCollator:
         )
 
 
-def example_base_dir(manifest: str | Path) -> Path:
-    """Directory that relative media paths of a JSONL manifest resolve against."""
-    return Path(manifest).resolve().parent
+
+def _media_tokens_without_model(item: MediaItem) -> int:
+    # without a model the bridge is unknown: the deprecated count a spec may still carry, else the placeholder itself
+    return legacy_query_tokens(item.spec) or 1

@@ -60,12 +60,12 @@ class MultimodalConfig(_Strict):
     lora: LoraSettings | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     autocast: Literal["auto", "bf16", "off"] = "auto"
-    device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
+    device: str | None = Field(None, description="torch device; default cuda, else mps, else cpu (the first there)")
     max_length: int | None = Field(None, gt=0)
     system_prompt: str | None = Field(
         None,
         description="system message put first when a conversation has none (None: the chat template's own default, "
-        "e.g. SmolLM2's 'You are a helpful AI assistant...'; '' gives an empty system turn, ~15 fewer tokens per example)",
+        "e.g. SmolLM2's 'You are a helpful AI assistant...'; '' gives an empty system turn, a few tokens shorter)",
     )
     signal_tokens: list[str] = Field(default_factory=list, description="trainable new tokens (e.g. decoder signals)")
     outputs: dict[str, OutputConfig] = Field(
@@ -88,7 +88,7 @@ class MultimodalConfig(_Strict):
     @classmethod
     def load(cls, source: MultimodalConfig | dict[str, Any] | str | os.PathLike[str]) -> MultimodalConfig:
         """Validate a config object, a dict or a YAML file; errors are :class:`ConfigError` naming the field."""
-        from xmm.bridges.base import validate_config
+        from xmm.persist import validate_config
 
         if isinstance(source, MultimodalConfig):
             return source

@@ -8,16 +8,42 @@ media the output equals the plain LLM's for the same prompt.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from xmm.errors import ContextLengthError, PromptError
+from xmm.model.collator import MultimodalBatch, MultimodalCollator
+from xmm.model.decoding import answer_guards, end_of_turn_ids, strip_repeats
+from xmm.model.splice import SplicedInputs
 
-if TYPE_CHECKING:
-    from xmm.model.multimodal import MultimodalLM
+
+class GenerativeModel(Protocol):
+    """What generation needs of a model (a :class:`~xmm.model.MultimodalLM` has it): the frozen ``llm`` and its
+    ``tokenizer``, the context limit, a collator, the spliced prompt embeddings, autocast, train/eval mode, and
+    the decoders of the output side."""
+
+    llm: nn.Module
+    tokenizer: Any
+    decoders: nn.ModuleDict
+    training: bool
+
+    @property
+    def max_length(self) -> int: ...
+
+    def collator(self, **kwargs: Any) -> MultimodalCollator: ...
+
+    def embed(self, batch: MultimodalBatch) -> tuple[SplicedInputs, Any, Any]: ...
+
+    def autocast(self) -> AbstractContextManager[Any]: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
 
 
 @dataclass
@@ -62,7 +88,7 @@ def _as_examples(messages: Any, media: Sequence[Any] | None, base_dir: Any) -> t
     raise PromptError("messages must be a string, a conversation (list of {'role', 'content'} dicts) or a list of them")
 
 
-def _generation_config(model: MultimodalLM, max_new_tokens: int, do_sample: bool, temperature: float,
+def _generation_config(model: GenerativeModel, max_new_tokens: int, do_sample: bool, temperature: float,
                        top_p: float, top_k: int | None, extra: dict[str, Any]) -> Any:
     import copy
 
@@ -80,6 +106,7 @@ def _generation_config(model: MultimodalLM, max_new_tokens: int, do_sample: bool
         gc.pad_token_id = model.tokenizer.pad_token_id
     if gc.eos_token_id is None:
         gc.eos_token_id = model.tokenizer.eos_token_id
+    gc.eos_token_id = end_of_turn_ids(model.tokenizer, gc.eos_token_id)  # a turn also ends at its template's marker
     for k, v in extra.items():
         setattr(gc, k, v)
     return gc
@@ -92,7 +119,7 @@ def _eos_ids(gc: Any) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-def prepare(model: MultimodalLM, messages: Any, *, media: Sequence[Any] | None = None, base_dir: Any = None,
+def prepare(model: GenerativeModel, messages: Any, *, media: Sequence[Any] | None = None, base_dir: Any = None,
             max_new_tokens: int = 256) -> tuple[Any, bool]:
     """Collate and validate a generation prompt (media loaded, context checked) before any model work."""
     if max_new_tokens < 1:
@@ -109,8 +136,30 @@ def prepare(model: MultimodalLM, messages: Any, *, media: Sequence[Any] | None =
     return batch, is_batch
 
 
+def answer_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The text of a generated answer: special tokens left out, surrounding whitespace stripped (every answer
+    ``generate``, ``chat``, ``stream``, ``xmm eval`` and ``xmm serve`` give is this text)."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+def stripped_pieces(pieces: Iterable[str]) -> Iterator[str]:
+    """Streamed text pieces that join to the stripped answer (:func:`answer_text`): leading whitespace is dropped,
+    trailing whitespace is held back until more text follows it; no empty piece."""
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        body = piece.rstrip()
+        if body:
+            yield held + body
+            held = piece[len(body):]
+        else:
+            held += piece
+
+
 def generate(
-    model: MultimodalLM,
+    model: GenerativeModel,
     messages: Any,
     *,
     media: Sequence[Any] | None = None,
@@ -137,7 +186,7 @@ def generate(
 
 
 def generate_batch(
-    model: MultimodalLM,
+    model: GenerativeModel,
     batch: Any,
     *,
     max_new_tokens: int = 256,
@@ -147,12 +196,19 @@ def generate_batch(
     top_k: int | None = None,
     seed: int | None = None,
     streamer: Any = None,
+    stopping_criteria: Any = None,
+    logits_processor: Any = None,
     **generate_kwargs: Any,
 ) -> GenerationResult:
-    """Generate from a batch collated by :func:`prepare` (left padding, generation prompt)."""
-    if streamer is not None and len(batch) != 1:
+    """Generate from a batch collated by :func:`prepare` (left padding, generation prompt). ``stopping_criteria`` /
+    ``logits_processor``: transformers lists passed to ``llm.generate`` (a criterion may end rows one by one); a
+    streamer with ``batched = True`` takes each step's ``[B]`` tokens of a batch."""
+    from transformers import LogitsProcessorList
+
+    if streamer is not None and len(batch) != 1 and not getattr(streamer, "batched", False):
         raise PromptError("streaming works with one conversation at a time")
     run_decoders = bool(generate_kwargs.pop("run_decoders", True))  # False: text only, even with signal tokens
+    repetition_guard = bool(generate_kwargs.pop("repetition_guard", False))  # evaluation: end rows stuck in a loop
     gc = _generation_config(model, max_new_tokens, do_sample, temperature, top_p, top_k, generate_kwargs)
     if seed is not None:
         torch.manual_seed(seed)
@@ -160,13 +216,18 @@ def generate_batch(
     model.eval()  # no dropout while generating, even when called in the middle of training
     try:
         with torch.no_grad(), model.autocast():
-            spliced, _, _ = model.embed(batch)
+            spliced, aux, groups = model.embed(batch)
             prompt_len = spliced.inputs_embeds.shape[1]
             if prompt_len + max_new_tokens > model.max_length:
                 raise ContextLengthError(f"the prompt takes {prompt_len} positions with its media; with max_new_tokens="
                                          f"{max_new_tokens} it exceeds the context of {model.max_length}")
+            # a CIF bridge's token count caps a transcript's length; the repetition guard ends looping rows
+            guards = answer_guards(model, batch, aux, groups, gc.eos_token_id, repetition_guard=repetition_guard)
+            if guards:
+                logits_processor = LogitsProcessorList([*guards, *(logits_processor or [])])
             raw = model.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                     generation_config=gc, streamer=streamer)
+                                     generation_config=gc, streamer=streamer, stopping_criteria=stopping_criteria,
+                                     logits_processor=logits_processor)
     finally:
         model.train(was_training)
     sequences = raw.sequences if hasattr(raw, "sequences") else raw
@@ -174,8 +235,8 @@ def generate_batch(
     token_ids: list[list[int]] = []
     for row in sequences.tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        token_ids.append(row[:cut])
-    texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
+        token_ids.append(strip_repeats(row[:cut], stop_ids=list(eos)) if repetition_guard else row[:cut])
+    texts = [answer_text(model.tokenizer, ids) for ids in token_ids]
     lengths = spliced.attention_mask.sum(-1).tolist()
     produced: list[dict[str, Any]] = []
     if run_decoders and len(getattr(model, "decoders", {})):
@@ -194,7 +255,7 @@ class TextStream:
     :class:`GenerationResult` once the iteration is over.
     """
 
-    def __init__(self, model: MultimodalLM, messages: Any, *, timeout: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: GenerativeModel, messages: Any, *, timeout: float | None = None, **kwargs: Any) -> None:
         from transformers import TextIteratorStreamer
 
         # validate (and load media) in the caller's thread so bad input raises here, not mid-iteration
@@ -217,14 +278,12 @@ class TextStream:
         self._thread.start()
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._streamer:
-            if piece:
-                yield piece
+        yield from stripped_pieces(self._streamer)
         self._thread.join()
         if self._error is not None:
             raise self._error
 
 
-def stream(model: MultimodalLM, messages: Any, **kwargs: Any) -> TextStream:
+def stream(model: GenerativeModel, messages: Any, **kwargs: Any) -> TextStream:
     """Like :func:`generate` for one conversation, but returns an iterator of text pieces as they are produced."""
     return TextStream(model, messages, **kwargs)

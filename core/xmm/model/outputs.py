@@ -13,6 +13,7 @@ generation time, and the checkpoint files of the projectors.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from xmm.errors import CheckpointError, ConfigError, IncompatibleCheckpointError, RegistryError
+from xmm.persist import load_weights_dir, read_config_json, validate_config
+from xmm.persist.manifest import PROJECTORS_DIR
 
 log = logging.getLogger(__name__)
-
-# short names used in signal tokens (NExT-GPT writes <IMG0>...; we keep one style for every modality)
-SIGNAL_PREFIX = {"image": "img", "audio": "aud", "video": "vid", "speech": "sph", "device": "dev"}
-PROJECTORS_DIR = "projectors"
 
 
 class OutputConfig(BaseModel):
@@ -36,7 +35,8 @@ class OutputConfig(BaseModel):
 
     ``projector`` is a projector config without ``input_dim``/``output_shape``/``num_input_tokens`` (filled from
     the LLM hidden size, the decoder's ``condition_shape`` and ``num_signal_tokens``); default ``transformer``.
-    ``signal_tokens``: explicit token texts; default ``<img_0>..<img_{n-1}>`` style from the modality name.
+    ``signal_tokens``: explicit token texts; default ``<p_0>..<p_{n-1}>`` with ``p`` the decoder's
+    ``signal_prefix`` (``<img_0>`` for an image decoder), else the output's name.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -56,7 +56,8 @@ class OutputConfig(BaseModel):
                     raise ValueError(f"'{key}' is filled in by the model; leave it out of the projector config")
         return v
 
-    def tokens_for(self, modality: str) -> list[str]:
+    def tokens_for(self, modality: str, prefix: str | None = None) -> list[str]:
+        """The signal-token texts of output ``modality``; ``prefix``: the decoder's ``signal_prefix``."""
         if self.signal_tokens is not None:
             if len(self.signal_tokens) != self.num_signal_tokens and "num_signal_tokens" in self.model_fields_set:
                 raise ConfigError(
@@ -64,8 +65,7 @@ class OutputConfig(BaseModel):
                     field=f"outputs.{modality}.signal_tokens",
                 )
             return list(self.signal_tokens)
-        prefix = SIGNAL_PREFIX.get(modality, modality)
-        return [f"<{prefix}_{k}>" for k in range(self.num_signal_tokens)]
+        return [f"<{prefix or modality}_{k}>" for k in range(self.num_signal_tokens)]
 
 
 @dataclass
@@ -129,8 +129,10 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
     size to the decoder's ``condition_shape``. They land in ``model.decoders[m]``, ``model.projectors[m]`` and
     ``model.decoder_specs[m]`` (signal tokens and ids, decoder name and config).
     """
-    from xmm.bridges.base import validate_config
+    if registry is None:
+        from xmm.registry import get_registry
 
+        registry = get_registry()
     decoders = dict(decoders or {})
     for modality, config in outputs.items():
         if isinstance(config, dict):
@@ -140,10 +142,6 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
         decoder = decoders.pop(modality, None)
         _check_json(config.decoder_config, f"outputs.{modality}.decoder_config", modality)
         if decoder is None:
-            if registry is None:
-                from xmm.registry import get_registry
-
-                registry = get_registry()
             try:
                 decoder = registry.create_decoder(config.decoder, **copy.deepcopy(config.decoder_config))
             except RegistryError as e:
@@ -168,9 +166,10 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
         kind = getattr(decoder, "input_kind", "conditioning")
         explicit = "num_signal_tokens" in config.model_fields_set or config.signal_tokens is not None
         # a text decoder reads the answer, so it gets signal tokens only when asked for them explicitly
-        tokens = config.tokens_for(modality) if kind == "conditioning" or explicit else []
+        tokens = config.tokens_for(modality, getattr(decoder, "signal_prefix", None)) if kind == "conditioning" or explicit else []
         if kind == "conditioning":
-            model.projectors[modality] = _build_projector(modality, config, decoder, model.hidden_size, len(tokens)).to(model.device)
+            projector = _build_projector(modality, config, decoder, model.hidden_size, len(tokens), registry)
+            model.projectors[modality] = projector.to(model.device)
         decoder.requires_grad_(False)
         decoder.eval()
         if model.device.type != "cpu" and getattr(getattr(decoder, "config", None), "device", None) is None:
@@ -182,6 +181,7 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
             "decoder_config": config.decoder_config,
             "output_config": config,
             "input_kind": kind,
+            "output_kind": getattr(decoder, "output_kind", "media"),
             "signal_tokens": list(tokens),
             "signal_ids": [int(i) for i in ids],
         }
@@ -191,8 +191,6 @@ def attach_outputs(model: Any, outputs: dict[str, OutputConfig | dict[str, Any]]
 
 def _check_json(data: dict[str, Any], where: str, modality: str) -> None:
     # the config is written into checkpoints as JSON; objects (a pipeline in memory) belong in decoders=
-    import json
-
     for key, value in data.items():
         try:
             json.dumps(value)
@@ -204,18 +202,17 @@ def _check_json(data: dict[str, Any], where: str, modality: str) -> None:
             ) from e
 
 
-def _build_projector(modality: str, config: OutputConfig, decoder: Any, hidden_size: int, num_tokens: int) -> nn.Module:
+def _build_projector(modality: str, config: OutputConfig, decoder: Any, hidden_size: int, num_tokens: int,
+                     registry: Any) -> nn.Module:
     if not num_tokens:
         raise ConfigError("a conditioning decoder needs at least one signal token", field=f"outputs.{modality}.num_signal_tokens")
     shape = getattr(decoder, "condition_shape", None)
     if shape is None:
         raise ConfigError(f"decoder '{config.decoder}' does not say its condition_shape", field=f"outputs.{modality}.decoder")
-    from xmm.projectors.base import create_projector
-
     data = dict(config.projector or {"type": "transformer"})
     data.update(input_dim=int(hidden_size), output_shape=[int(shape[0]), int(shape[1])], num_input_tokens=num_tokens)
     try:
-        return create_projector(data)
+        return registry.create_projector(data)
     except (ConfigError, RegistryError) as e:
         raise ConfigError(str(e), field=f"outputs.{modality}.projector") from e
 
@@ -246,16 +243,28 @@ def project_signals(model: Any, modality: str, hidden: torch.Tensor, token_ids: 
 @dataclass
 class ProducedOutput:
     """One thing a decoder produced for an answer: ``value`` (a PIL image, a waveform, video frames, a device
-    command result...), the ``decoder`` that made it and its ``info``. :meth:`save` writes it to a file."""
+    command result...), the ``decoder`` that made it and its ``info``. ``kind`` is the decoder's ``output_kind``:
+    ``media`` outputs are written to files by :meth:`save`, ``result`` outputs are reported by :meth:`describe`."""
 
     modality: str
     value: Any
     decoder: Any = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        return str(getattr(self.decoder, "output_kind", "media"))
+
     def save(self, path_stem: str | Path) -> Path:
         """Write the output to ``path_stem`` + the decoder's suffix (``.png``, ``.wav``...); returns the path."""
         return self.decoder.save_output(self.value, path_stem)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description of the output, from its decoder (``Decoder.describe_output``)."""
+        describe = getattr(self.decoder, "describe_output", None)
+        if describe is None:
+            return {"modality": self.modality, "kind": self.kind, "type": type(self.value).__name__}
+        return describe(self.value)
 
 
 @torch.no_grad()
@@ -273,7 +282,7 @@ def decode_generated(model: Any, spliced: Any, answer_ids: list[list[int]], text
             continue
         out = decoder(text=list(texts))
         for b, item in enumerate(out.outputs):
-            if item is not None and _produced(item):
+            if item is not None and _produced(decoder, item):
                 rows[b].setdefault(modality, []).append(ProducedOutput(out.modality, item, decoder, dict(out.info)))
     wanted = [m for m, d in model.decoders.items() if getattr(d, "input_kind", "conditioning") == "conditioning"
               and any(set(signal_ids(model, m)) & set(ids) for ids in answer_ids)]
@@ -314,12 +323,10 @@ def _answer_states(model: Any, spliced: Any, answer_ids: list[list[int]]) -> tup
     return out.hidden_states[-1].float(), token_ids, mask.bool()
 
 
-def _produced(item: Any) -> bool:
-    # a text decoder reads every answer; one that is not for it (e.g. not a device command) yields a result without
-    # its payload, which is not an output
-    if hasattr(item, "command"):
-        return item.command is not None
-    return True
+def _produced(decoder: Any, item: Any) -> bool:
+    # a text decoder reads every answer; the decoder says whether what it made of one is an output
+    produced = getattr(decoder, "produced", None)
+    return bool(produced(item)) if produced is not None else item is not None
 
 
 # -- checkpoint files -----------------------------------------------------------------------------------------
@@ -335,6 +342,7 @@ def outputs_manifest(model: Any) -> dict[str, Any]:
             "decoder_id": getattr(decoder, "id", None),
             "decoder_revision": getattr(decoder, "revision", None),
             "input_kind": spec["input_kind"],
+            "output_kind": spec.get("output_kind", "media"),
             "signal_tokens": spec["signal_tokens"],
         }
         if hasattr(decoder, "describe"):
@@ -346,12 +354,13 @@ def outputs_manifest(model: Any) -> dict[str, Any]:
     return record
 
 
-def load_projectors(model: Any, directory: str | Path) -> None:
-    """Load saved weights into the model's (already built) projectors, strictly; the config must match."""
-    from xmm.bridges.base import load_weights_dir, read_config_json
+def load_projectors(model: Any, directory: str | Path, folders: dict[str, Path] | None = None) -> None:
+    """Load saved weights into the model's (already built) projectors, strictly; the config must match.
 
+    ``folders``: the projector folder of each output (checked by the caller to lie inside the checkpoint); default
+    ``<directory>/projectors/<modality>``."""
     for modality, projector in model.projectors.items():
-        folder = Path(directory) / PROJECTORS_DIR / modality
+        folder = (folders or {}).get(modality) or Path(directory) / PROJECTORS_DIR / modality
         if not folder.is_dir():
             raise CheckpointError(f"{directory}: the checkpoint has no projector for output '{modality}' ({folder} is missing)")
         saved = read_config_json(folder, kind="projector")
@@ -377,14 +386,16 @@ def media_stem(output_dir: str | Path, modality: str, prefix: str = "xmm") -> Pa
 
 def save_produced(outputs: dict[str, list[ProducedOutput]], output_dir: str | Path) -> list[tuple[ProducedOutput, Path | None]]:
     """Save every produced output under ``output_dir`` (``xmm-image-0.png``, ``xmm-audio-0.wav``...), never
-    overwriting a file. Returns ``(output, path)`` pairs; ``path`` is None for outputs whose decoder does not write
-    files (e.g. device commands, which are results, not media)."""
+    overwriting a file. Returns ``(output, path)`` pairs; ``path`` is None for ``result`` outputs (e.g. device
+    commands; report them with ``output.describe()``) and for decoders that cannot write files."""
     saved: list[tuple[ProducedOutput, Path | None]] = []
     for modality, items in outputs.items():
         for item in items:
-            try:
-                path = item.save(media_stem(output_dir, modality))
-            except NotImplementedError:
-                path = None
+            path = None
+            if item.kind == "media":
+                try:
+                    path = item.save(media_stem(output_dir, modality))
+                except NotImplementedError:
+                    path = None
             saved.append((item, path))
     return saved

@@ -9,7 +9,9 @@ them, are ``-inf``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -175,3 +177,63 @@ class ExtendedLMHead(nn.Module):
         if fixed:
             logits = logits.index_fill(-1, torch.tensor(fixed, device=logits.device), float("-inf"))
         return logits
+
+
+# -- token-table surgery on a frozen LLM -----------------------------------------------------------------------------
+def wrap_llm(llm: nn.Module, new: NewTokens) -> None:
+    """Route ``llm``'s input embedding and LM head through ``new`` (in place; a no-op when already wrapped)."""
+    emb = llm.get_input_embeddings()
+    if isinstance(emb, ExtendedEmbedding):
+        if emb.new is not new:
+            raise ConfigError("this LLM's embeddings already carry another model's new tokens", field="llm")
+        return
+    head = llm.get_output_embeddings()
+    if head is None:
+        raise ConfigError(f"{type(llm).__name__} has no output embeddings (LM head); it is not a causal LM", field="llm")
+    llm.set_input_embeddings(ExtendedEmbedding(emb, new))
+    llm.set_output_embeddings(ExtendedLMHead(head, new))
+
+
+def unwrap_llm(llm: nn.Module) -> None:
+    """Give ``llm`` back its own embedding and LM-head modules (undoes :func:`wrap_llm`; a no-op when not wrapped)."""
+    emb = llm.get_input_embeddings()
+    if isinstance(emb, ExtendedEmbedding):
+        llm.set_input_embeddings(emb.base)
+    head = llm.get_output_embeddings()
+    if isinstance(head, ExtendedLMHead):
+        llm.set_output_embeddings(head.base)
+
+
+def base_embedding_weight(llm: nn.Module) -> torch.Tensor:
+    """The LLM's own (frozen) input-embedding matrix ``[V, D]``, wrapped or not."""
+    emb = llm.get_input_embeddings()
+    return (emb.base if isinstance(emb, ExtendedEmbedding) else emb).weight
+
+
+def add_tokens(llm: nn.Module, tokenizer: Any, new: NewTokens, tokens: Sequence[str], *, trainable: bool,
+               base_vocab_size: int) -> list[int]:
+    """Add special tokens to ``tokenizer`` with their rows in ``new`` (``llm`` is wrapped first); returns their ids.
+
+    Trainable rows start at the mean of the base embedding matrix. A non-trainable token already in the base
+    vocabulary (id < ``base_vocab_size``) is reused as is: its row is replaced by media anyway.
+    """
+    from transformers import AddedToken
+
+    wrap_llm(llm, new)
+    known = {t.text for t in new.tokens}
+    vocab = tokenizer.get_vocab()
+    infos: list[TokenInfo] = []
+    for text in tokens:
+        if text in known:
+            raise ConfigError(f"token {text!r} was already added")
+        before = vocab.get(text)
+        tokenizer.add_tokens([AddedToken(text, special=True, normalized=False)], special_tokens=True)
+        tid = int(tokenizer.convert_tokens_to_ids(text))
+        if before is not None and before < base_vocab_size:
+            if trainable:
+                raise ConfigError(f"token {text!r} is already in the LLM's vocabulary (id {tid}); its row is frozen, "
+                                  "so it cannot be a trainable new token - choose another string")
+            continue
+        infos.append(TokenInfo(text, tid, trainable))
+    new.add(infos, init=base_embedding_weight(llm).detach().float().mean(0))
+    return [int(tokenizer.convert_tokens_to_ids(t)) for t in tokens]

@@ -1,17 +1,30 @@
-"""The output ``Projector`` contract and its persistence (the same files as a bridge: config json + safetensors)."""
+"""The output ``Projector`` contract: signal-token hidden states in, decoder conditioning out; saved like a bridge
+(config json + safetensors)."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch import nn
 
-from xmm.bridges.base import CONFIG_NAME, load_weights_dir, read_config_json, save_module_dir, validate_config
-from xmm.errors import CheckpointError, ConfigError, ShapeError
+from xmm.errors import ShapeError
+from xmm.persist import CONFIG_NAME
+from xmm.persist.module import ConfigModule
+
+
+def __getattr__(name: str) -> Any:
+    # projector_class / create_projector look classes up in the registry, which sits above this layer; they moved
+    # there and stay importable from here for one release (resolved by module name, not imported)
+    if name in ("projector_class", "create_projector"):
+        warnings.warn(f"xmm.projectors.base.{name} moved to xmm.registry; import it from there (this alias goes in "
+                      "the next release)", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("xmm.registry"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ProjectorConfig(BaseModel):
@@ -32,20 +45,21 @@ class ProjectorConfig(BaseModel):
         return v
 
 
-P = TypeVar("P", bound="Projector")
+class Projector(ConfigModule):
+    """Maps the LLM's last-layer states at the signal tokens ``[B, S, d_llm]`` (+ mask ``[B, S]``) to ``[B, T, D]``.
 
-
-class Projector(nn.Module):
-    """Maps the LLM's last-layer states at the signal tokens ``[B, S, d_llm]`` (+ mask ``[B, S]``) to ``[B, T, D]``."""
+    Saving and loading a concrete class come from :class:`~xmm.persist.module.ConfigModule`;
+    ``xmm.registry.load_projector`` loads a folder of any registered type.
+    """
 
     config_class: ClassVar[type[ProjectorConfig]] = ProjectorConfig
     projector_type: ClassVar[str] = ""
+    kind: ClassVar[str] = "projector"
+    config: ProjectorConfig
 
-    def __init__(self, config: ProjectorConfig) -> None:
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        self.config = config
+    @classmethod
+    def saved_type(cls) -> str:
+        return cls.projector_type or super().saved_type()
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -68,44 +82,14 @@ class Projector(nn.Module):
             raise ShapeError(f"{type(self).__name__} expects mask of shape {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
         return mask.bool()
 
-    # -- persistence ----------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (this projector's weights only) into ``directory``."""
-        return save_module_dir(self, self.config, directory, kind="projector")
-
     @classmethod
-    def from_config(cls: type[P], config: ProjectorConfig | dict[str, Any]) -> P:
-        if isinstance(config, dict):
-            config = validate_config(cls.config_class, config)
-        return cls(config)
+    def from_pretrained(cls, directory: str | os.PathLike[str]) -> Projector:  # type: ignore[override]
+        """Load a folder saved by :meth:`save_pretrained` into this (concrete) projector class, strictly.
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str]) -> Projector:
-        """Load a projector saved by :meth:`save_pretrained` (strict keys and shapes)."""
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).exists():
-            raise CheckpointError(f"{directory}: no projector {CONFIG_NAME} there")
-        cfg = read_config_json(directory, kind="projector")
-        proj_cls = projector_class(cfg.get("type", "")) if cls is Projector else cls
-        if proj_cls.projector_type and cfg.get("type") != proj_cls.projector_type:
-            raise CheckpointError(
-                f"{directory}: projector type '{cfg.get('type')}' cannot be loaded as {proj_cls.__name__} ('{proj_cls.projector_type}')"
-            )
-        projector = proj_cls.from_config(cfg)
-        load_weights_dir(projector, directory, kind="projector")
-        return projector
-
-
-def projector_class(name: str) -> type[Projector]:
-    """The projector class registered under ``name`` (core or plugin)."""
-    from xmm.registry import get_registry
-
-    return get_registry().projector_class(name)
-
-
-def create_projector(config: dict[str, Any] | ProjectorConfig) -> Projector:
-    """Build a projector from a config dict with ``type`` (validated; errors name the field) or a config object."""
-    if isinstance(config, ProjectorConfig):
-        return projector_class(config.type)(config)
-    cls = projector_class(str(config.get("type", "")))
-    return cls.from_config(config)
+        On the base class this is deprecated: use ``xmm.registry.load_projector``.
+        """
+        if cls is Projector and (Path(directory) / CONFIG_NAME).is_file():
+            warnings.warn("Projector.from_pretrained on the base class is deprecated; use "
+                          "xmm.registry.load_projector(directory)", DeprecationWarning, stacklevel=2)
+            return importlib.import_module("xmm.registry").load_projector(directory)
+        return super().from_pretrained(directory)

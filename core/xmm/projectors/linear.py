@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from xmm.errors import ShapeError
-from xmm.projectors import register_projector
+from xmm.projectors._registry import register_projector
 from xmm.projectors.base import Projector, ProjectorConfig
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from xmm.projectors import register_projector
+from xmm.projectors._registry import register_projector
 from xmm.projectors.base import Projector, ProjectorConfig
 
 

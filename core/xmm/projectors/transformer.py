@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from xmm.errors import ShapeError
-from xmm.projectors import register_projector
+from xmm.projectors._registry import register_projector
 from xmm.projectors.base import Projector, ProjectorConfig
 
 

@@ -2,7 +2,8 @@
 
 ``train(plan)`` runs a plan on Hugging Face accelerate (``torchrun`` scales it out); ``evaluate(model, manifest)``
 scores generated answers; ``build_cache(plan)`` fills the frozen-encoder feature cache ahead of time;
-``register_objective`` adds a training loss by name. Presets: ``xllm``, ``chatbridge``, ``nextgpt``.
+``get_objective`` finds a training loss by name (plugins add theirs through the ``xmm_objectives`` hook, see
+:mod:`xmm.objective`). Presets: ``xllm``, ``chatbridge``, ``nextgpt``.
 """
 
 from __future__ import annotations

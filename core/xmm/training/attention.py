@@ -1,10 +1,10 @@
 """The LLM's attention during training on the CPU: the math form where torch's CPU flash kernel is slow.
 
-With bf16 autocast on the CPU, ``scaled_dot_product_attention`` runs its flash kernel, whose *backward* is about 8x
-its forward (torch 2.11: 16 ms against 2 ms for SmolLM2's ``[16, 9, 50, 64]`` per layer) - more than half of an LLM
-stage's step. Two bf16 matmuls around an fp32 softmax compute the same attention with a backward of ~3.5 ms. The
-training loop therefore switches an LLM that uses transformers' ``sdpa`` attention to :data:`NAME` for the duration of
-a stage: on the CPU, in bf16/fp16, with gradients on and a score tensor of at most :data:`MATH_BUDGET` elements (the
+With bf16 autocast on the CPU, ``scaled_dot_product_attention`` runs its flash kernel, whose *backward* costs many
+times its forward - at the short sequences of a bridge stage, more than half of an LLM stage's step. Two bf16
+matmuls around an fp32 softmax compute the same attention with a far cheaper backward (figures in this folder's
+README). A stage therefore switches an LLM that uses transformers' ``sdpa`` attention to :data:`NAME` while it
+trains: on the CPU, in bf16/fp16, with gradients on and a score tensor of at most :data:`MATH_BUDGET` elements (the
 math form keeps the ``[B, H, Lq, Lk]`` probabilities for the backward, the flash kernel does not) it takes the math
 form; every other call (GPUs, fp32, inference, long sequences, paged caches, biases) goes to transformers' own sdpa.
 """

@@ -6,9 +6,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from xmm.data import BadExample
 from xmm.errors import MediaError, PromptError
+from xmm.progress import Progress
 from xmm.training.cache import CachedFeatureProvider, FeatureCache
-from xmm.training.data import BadSamples, ManifestDataset
+from xmm.training.data import BadSamples, stage_dataset
 from xmm.training.plan import StagePlan, load_plan
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,12 @@ def build_cache(plan: StagePlan | str | Any, *, batch_size: int = 16, progress: 
     """Encode every media item of every stage that uses the cache, once per (content, encoder) key.
 
     Encoders that a stage trains are skipped (their features change); a model may be passed in to reuse one.
+    ``progress``: show the scan of the data and the encoding (:class:`xmm.progress.Progress`: a bar on a terminal,
+    a line every ``XMM_PROGRESS_EVERY`` seconds elsewhere).
     """
-    import sys
-
     plan = load_plan(plan)
     if model is None:
-        from xmm.training.loop import build_model
+        from xmm.training.context import build_model
 
         model = build_model(plan)
     if model.device.type == "cpu":
@@ -55,15 +57,20 @@ def build_cache(plan: StagePlan | str | Any, *, batch_size: int = 16, progress: 
     for si, stage in enumerate(plan.stages):
         if not stage.feature_cache:
             continue
-        from xmm.training.loop import ensure_lora
         from xmm.training.selection import select
+        from xmm.training.stage import ensure_lora
 
         ensure_lora(model, stage, si)  # so that `llm:lora` selectors resolve
         trained_encoders = {n.split(":", 1)[1] for n in _trained_components(model, stage.trainable, si, select)}
-        dataset = ManifestDataset.from_manifests([plan.resolve(p) for p in stage.data.train], model.specs, bad,
-                                                 max_examples=stage.data.max_examples)
+        dataset = stage_dataset(stage.data.train, model.specs, plan.resolve("."),
+                                max_examples=stage.data.max_examples, source=plan.source)
+        scan = Progress(len(dataset), desc=f"cache scan {stage.name}", unit="example", enabled=progress)
         for i in range(len(dataset)):
+            scan.update(1)
             example = dataset[i]
+            if isinstance(example, BadExample):
+                bad.record(example.kind, example.message, key=example.key)
+                continue
             try:
                 batch = collator([example])
             except (MediaError, PromptError) as e:
@@ -81,10 +88,9 @@ def build_cache(plan: StagePlan | str | Any, *, batch_size: int = 16, progress: 
                     report.cached += 1
                 else:
                     todo[key] = (item, example["source"])
-    from tqdm.auto import tqdm
-
+        scan.close()
     keys = list(todo)
-    bar = tqdm(total=len(keys), desc="feature cache", unit="item", disable=not (progress and sys.stderr.isatty()))
+    bar = Progress(len(keys), desc="cache encode", unit="item", enabled=progress and bool(keys))
     import torch
 
     with torch.no_grad(), model.autocast():

@@ -2,15 +2,22 @@
 
 A checkpoint is a folder under ``<output_dir>/checkpoints/``: ``step-00000050`` (every ``checkpoint_every`` steps)
 or ``stage-1-align`` (end of a stage). It holds ``model/`` (``MultimodalLM.save_pretrained``: only what is trained),
-``optimizer.pt``, ``scheduler.pt``, ``trainer_state.json`` (stage, step, epoch, batch position, bad-sample counts)
-and ``rng/rank-<r>.pt`` per process. All of it is written into a hidden temp folder which is renamed into place,
-then ``latest`` (a one-line file naming the folder) is replaced atomically: a run killed at any moment leaves either
-the previous checkpoint or the new one, never half of one.
+``optimizer.{json,safetensors}``, ``scheduler.{json,safetensors}``, ``trainer_state.json`` (stage, step, epoch, batch
+position, bad-sample counts) and ``rng/rank-<r>.{json,safetensors}`` per process. All of it is written into a hidden
+temp folder which is renamed into place, then ``latest`` (a one-line file naming the folder) is replaced atomically:
+a run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+
+Nothing here unpickles: run state is safetensors + JSON (:mod:`xmm.persist.state`), so a run folder from anywhere
+cannot run code on ``--resume``. Checkpoints of older xmm versions (``optimizer.pt`` ...) are read with
+``torch.load(weights_only=True)`` only, torch's unpickler that builds tensors and plain containers and nothing else.
+``latest`` must name a checkpoint folder directly inside ``checkpoints/`` (never another run's folder), and a
+malformed ``trainer_state.json`` is a :class:`~xmm.errors.CheckpointError` naming the field.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -23,12 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from xmm.errors import CheckpointError
-from xmm.io import atomic_write, atomic_write_text
+from xmm.errors import CheckpointError, MediaError
+from xmm.io import atomic_write, atomic_write_text, publish_dir
+from xmm.limits import check_file, read_file
+from xmm.persist.state import has_state, load_state, save_state
+from xmm.training.layout import LATEST, MODEL_DIR, TRAINER_STATE
+
+log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-LATEST = "latest"
 _PERIODIC = re.compile(r"^step-(\d+)$")
+# what `latest` may name: one folder name inside checkpoints/ (no separator, no "..", no hidden temp folder)
+_CHECKPOINT_NAME = re.compile(r"^(?!\.)[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
+OPTIMIZER_STATE, SCHEDULER_STATE, RNG_DIR = "optimizer", "scheduler", "rng"
+TRAINER_STATE_BYTES = 64 << 20  # counts and a few messages; bad-sample keys grow with the data, not unboundedly
 
 
 @dataclass
@@ -52,15 +67,62 @@ class TrainerState:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, *, source: Any) -> TrainerState:
+    def from_json(cls, text: str | bytes, *, source: Any) -> TrainerState:
+        """Parse and type-check a ``trainer_state.json``; any malformed value raises :class:`CheckpointError`
+        naming the file and the field."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{source}: trainer_state.json is not valid JSON: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise CheckpointError(f"{source}: trainer_state.json is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: trainer_state.json must hold a JSON object, got {type(data).__name__}")
         if data.get("version") != STATE_VERSION:
-            raise CheckpointError(f"{source}: trainer state version {data.get('version')} is not {STATE_VERSION}")
+            raise CheckpointError(f"{source}: trainer state version {data.get('version')!r} is not {STATE_VERSION}")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():
+            problem = _field_problem(name, value)
+            if problem:
+                raise CheckpointError(f"{source}: field '{name}': {problem} (got {_shown(value)})")
+        return cls(**values)
+
+
+_INT_FIELDS = {"stage_index": 0, "step": 0, "global_step": 0, "epoch": 0, "batch": 0, "samples_seen": 0,
+               "world_size": 1, "version": 0}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one field of a trainer state (None when it is fine)."""
+    if name in _INT_FIELDS:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "must be an integer"
+        return f"must be >= {_INT_FIELDS[name]}" if value < _INT_FIELDS[name] else None
+    if name in ("stage_name", "plan_fingerprint"):
+        return None if isinstance(value, str) else "must be a string"
+    if name == "stage_done":
+        return None if isinstance(value, bool) else "must be true or false"
+    if name == "bad_samples":
+        return _bad_samples_problem(value)
+    return None
+
+
+def _bad_samples_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be an object"
+    by_kind, seen, examples = value.get("by_kind", {}), value.get("seen", {}), value.get("examples", [])
+    if not isinstance(by_kind, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                and v >= 0 for k, v in by_kind.items()):
+        return "'by_kind' must map kinds to counts"
+    if not isinstance(seen, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in seen.items()):
+        return "'seen' must map sample keys to kinds"
+    if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
+        return "'examples' must be a list of strings"
+    return None
 
 
 # -- RNG --------------------------------------------------------------------------------------------------------
@@ -87,6 +149,13 @@ def seed_everything(seed: int) -> None:
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
+def partitioned_optimizer(optimizer: Any) -> bool:
+    """True for a DeepSpeed (ZeRO) optimiser: each process holds only its partition of the state, so rank 0's
+    ``state_dict`` is not the run's and is not saved; such a run continues only from a stage's end checkpoint."""
+    # by name: importing accelerate's DeepSpeed module to test the type is not worth it where DeepSpeed is absent
+    return type(optimizer).__name__ == "DeepSpeedOptimizerWrapper"
+
+
 class CheckpointWriter:
     """Writes checkpoints of one run. Every process calls :meth:`save` (each writes its RNG file); rank 0 writes the
     rest and publishes the folder. ``barrier`` synchronises processes (a no-op in a single process)."""
@@ -114,28 +183,19 @@ class CheckpointWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.barrier()
-        (tmp / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), tmp / "rng" / f"rank-{self.rank}.pt")
+        save_state(rng_state(), tmp / RNG_DIR, f"rank-{self.rank}")
         if self.rank == 0:
-            save_model(tmp / "model")
-            if optimizer is not None:
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            save_model(tmp / MODEL_DIR)
+            if optimizer is not None and not partitioned_optimizer(optimizer):
+                save_state(optimizer.state_dict(), tmp, OPTIMIZER_STATE)
             if scheduler is not None:
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                save_state(scheduler.state_dict(), tmp, SCHEDULER_STATE)
             for fname, text in (extra_files or {}).items():
                 (tmp / fname).write_text(text)
-            (tmp / "trainer_state.json").write_text(state.to_json())
+            (tmp / TRAINER_STATE).write_text(state.to_json())
         self.barrier()
         if self.rank == 0:
-            _fsync_tree(tmp)
-            if final.exists():  # re-saving the same step after a resume: replace it
-                old = self.root / f".old-{name}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            publish_dir(tmp, final)  # fsynced, then swapped in (re-saving the same step after a resume replaces it)
             atomic_write_text(self.root / LATEST, name + "\n")
             self._prune()
         self.barrier()
@@ -149,30 +209,40 @@ class CheckpointWriter:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _fsync_tree(root: Path) -> None:
-    # the rename publishes the folder; make sure its files reached the disk first
-    for p in root.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
 # -- reading ----------------------------------------------------------------------------------------------------
 def read_latest_name(root: str | os.PathLike[str]) -> str | None:
+    """The checkpoint name ``root/latest`` holds (None when there is none yet). The name must be one folder name
+    (no ``/``, no ``..``): a ``latest`` that leads anywhere else raises :class:`CheckpointError`."""
     f = Path(root) / LATEST
-    if not f.exists():
+    if not os.path.lexists(f):
         return None
-    name = f.read_text().strip()
-    return name or None
+    try:
+        raw = read_file(f, max_bytes=4096, what="checkpoint pointer")
+    except MediaError as e:
+        raise CheckpointError(f"{f}: {str(e).split(': ', 1)[-1]}") from None
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{f}: not a checkpoint name (not UTF-8 text)") from None
+    if not name:
+        return None
+    if not _CHECKPOINT_NAME.fullmatch(name):
+        raise CheckpointError(f"{f}: {_shown(name)} is not the name of a checkpoint folder inside {Path(root)} "
+                              "(a run's 'latest' may only name one of its own checkpoints)")
+    return name
 
 
 def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
-    """The folder ``latest`` points at (None when the run has no checkpoint yet)."""
+    """The folder ``latest`` points at (None when the run has no checkpoint yet); it must really be inside ``root``
+    (a symlinked checkpoint leading to another run folder is refused)."""
     name = read_latest_name(root)
     if name is None:
         return None
     path = Path(root) / name
-    if not (path / "trainer_state.json").exists():
+    real_root = os.path.realpath(root)
+    if os.path.dirname(os.path.realpath(path)) != real_root:
+        raise CheckpointError(f"{Path(root) / LATEST} points at '{name}', which leads outside {Path(root)}")
+    if not (path / TRAINER_STATE).is_file():
         raise CheckpointError(f"{Path(root) / LATEST} points at '{name}', which is not a complete checkpoint")
     return path
 
@@ -184,33 +254,48 @@ class LoadedCheckpoint:
 
     @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        return self.path / MODEL_DIR
 
     def optimizer_state(self) -> dict[str, Any] | None:
-        return _load(self.path / "optimizer.pt")
+        return _load(self.path, OPTIMIZER_STATE, "optimizer.pt")
 
     def scheduler_state(self) -> dict[str, Any] | None:
-        return _load(self.path / "scheduler.pt")
+        return _load(self.path, SCHEDULER_STATE, "scheduler.pt")
 
     def rng_state(self, rank: int) -> dict[str, Any] | None:
-        return _load(self.path / "rng" / f"rank-{rank}.pt")
+        return _load(self.path / RNG_DIR, f"rank-{rank}", f"rank-{rank}.pt")
 
 
-def _load(path: Path) -> Any:
-    if not path.exists():
+def _load(folder: Path, name: str, legacy: str) -> Any:
+    """State ``name`` (safetensors + JSON); else an older xmm's ``legacy`` file through torch's weights-only
+    unpickler, which builds tensors and plain containers and refuses everything else; else None."""
+    if has_state(folder, name):
+        return load_state(folder, name)
+    path = folder / legacy
+    if not os.path.lexists(path):
         return None
+    log.warning("%s: reading run state saved by an older xmm (weights-only; the next checkpoint is safetensors)", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"{path}: cannot read: {e}") from e
+        check_file(path, max_bytes=1 << 40, what="state file")  # special files are refused without being opened
+    except MediaError as e:
+        raise CheckpointError(f"{path}: {str(e).split(': ', 1)[-1]}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's UnpicklingError, a truncated or foreign file
+        raise CheckpointError(f"{path}: cannot read it safely (only tensors and plain values are accepted): "
+                              f"{type(e).__name__}") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     path = Path(path)
-    f = path / "trainer_state.json"
-    if not f.exists():
+    f = path / TRAINER_STATE
+    if not os.path.lexists(f):
         raise CheckpointError(f"{path} is not a training checkpoint (no trainer_state.json)")
-    return LoadedCheckpoint(path, TrainerState.from_json(f.read_text(), source=f))
+    try:
+        raw = read_file(f, max_bytes=TRAINER_STATE_BYTES, what="trainer state")
+    except MediaError as e:
+        raise CheckpointError(f"{f}: {str(e).split(': ', 1)[-1]}") from None
+    return LoadedCheckpoint(path, TrainerState.from_json(raw, source=f))
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:

@@ -1,15 +1,17 @@
-"""Training data: JSONL chat manifests, bad-sample accounting, a deterministic batch order and a safe collator.
+"""Training data: a stage's datasets, bad-sample accounting, a deterministic batch order and a safe collator.
 
-A manifest line is one example in the Hugging Face chat format; media ``path``s are relative to the manifest file.
-Lines that are not valid JSON, do not have the chat shape, name an unknown modality, have no assistant answer or
-point at a missing file are dropped when the manifest is read; media that fail to decode are dropped when their
-batch is collated. Either way the sample is counted (and logged), or the run stops with
-:class:`~xmm.errors.TrainingError` when ``on_bad_sample: fail``.
+A stage reads its datasets (xmm JSONL manifests, LLaVA, ShareGPT / LLaMA-Factory, OpenAI chats, Hugging Face
+``datasets``) through :mod:`xmm.data` (:func:`stage_dataset`): indexed, never read whole before the first step, each
+record converted and checked when a batch reaches it. A record that is not valid JSON, does not have a chat shape,
+names an unknown modality, has no assistant answer, points outside its media root or at a missing file arrives as
+a :class:`~xmm.data.BadExample`; media that fail to decode are found when their batch is collated. Either way
+:class:`SafeCollator` drops the sample and it is counted (and logged) once, or the run stops with
+:class:`~xmm.errors.TrainingError` when ``on_bad_sample: fail``. :func:`read_manifest` reads a whole source at once
+(evaluation sets).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from xmm.data import BadExample, DataError, DataSource, open_dataset, open_datasets
 from xmm.errors import MediaError, PromptError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -81,7 +84,7 @@ class BadSamples:
 
 @dataclass
 class Example:
-    """One manifest line: the chat messages, the folder media paths resolve against, and ``file:line``."""
+    """One record in xmm's form: chat messages (media resolved), its media root, ``file:line``, its extra keys."""
 
     messages: list[dict[str, Any]]
     base_dir: Path
@@ -92,55 +95,61 @@ class Example:
         return {**self.extra, "messages": self.messages, "base_dir": self.base_dir, "source": self.source}
 
 
-def _check_example(obj: Any, specs: Mapping[str, Any], base_dir: Path) -> list[dict[str, Any]]:
-    """Validate one parsed line; returns its messages or raises PromptError/MediaError saying what is wrong."""
-    from xmm.model.messages import parse_conversation
-
-    if not isinstance(obj, dict) or "messages" not in obj:
-        raise PromptError("a line must be a JSON object with a 'messages' list")
-    messages = obj["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise PromptError("'messages' must be a non-empty list")
-    conv = parse_conversation(messages, specs, base_dir=base_dir)
-    answers = [m for m in conv.messages if m["role"] == "assistant" and m["content"].strip()]
-    if not answers:
-        raise PromptError("no assistant answer to train on")
-    for item in conv.media:
-        item.check()  # existence/readability only; decoding happens at collate time (or never, with a cache hit)
-    return messages
-
-
-def read_manifest(path: str | Path, specs: Mapping[str, Any], bad: BadSamples) -> list[Example]:
-    """Read one JSONL manifest; bad lines are recorded in ``bad`` and left out."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise TrainingError(f"cannot read manifest {path}: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise TrainingError(f"manifest {path} is not UTF-8 text: {e}") from e
-    base = path.resolve().parent
+def read_manifest(path: str | Path | DataSource | Mapping[str, Any], specs: Mapping[str, Any],
+                  bad: BadSamples) -> list[Example]:
+    """Read a whole source (a manifest path or a :class:`~xmm.data.DataSource`) now; bad records are recorded in
+    ``bad`` and left out. Training does not call this: it reads lazily (:func:`stage_dataset`)."""
+    ds = open_dataset(path, specs)
     out: list[Example] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
+    for i in range(len(ds)):
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.record("invalid_json", f"{where}: {e.msg} at column {e.colno}", key=where)
+            ex = ds.example(i)
+        except DataError as e:
+            bad.record(e.kind, str(e), key=e.source)
             continue
-        try:
-            messages = _check_example(obj, specs, base)
-        except MediaError as e:
-            bad.record("unreadable_media", f"{where}: {e}", key=where)
-            continue
-        except PromptError as e:
-            bad.record("invalid_example", f"{where}: {e}", key=where)
-            continue
-        extra = {k: v for k, v in obj.items() if k not in ("messages", "base_dir", "source", "media")}
-        out.append(Example(messages, base, where, extra))
+        extra = dict(ex.extra)
+        if ds.source.allow_outside_paths:
+            extra["allow_outside_paths"] = True
+        out.append(Example(ex.messages, ex.base_dir, ex.source, extra))
     return out
+
+
+def stage_sources(entries: Sequence[Any], base_dir: str | Path, *, source: str | None = None) -> list[DataSource]:
+    """A stage's ``data.train`` entries (paths or :class:`~xmm.data.DataSource` fields) resolved against the plan's
+    folder."""
+    return [DataSource.coerce(e, source=source).resolved(base_dir) for e in entries]
+
+
+class _AllowOutside:
+    """A dataset whose examples carry ``allow_outside_paths`` for the collator's own path check."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        return item if isinstance(item, BadExample) else {**item, "allow_outside_paths": True}
+
+
+def stage_dataset(entries: Sequence[Any], specs: Mapping[str, Any], base_dir: str | Path, *,
+                  max_examples: int | None = None, source: str | None = None) -> Any:
+    """The lazy dataset of a stage's sources, in order (the first ``max_examples`` records when given).
+
+    ``dataset[i]`` is a collator input or a :class:`~xmm.data.BadExample`; opening indexes each file once (cached),
+    so a million-record source is ready in about a second.
+    """
+    from torch.utils.data import Subset
+
+    sources = stage_sources(entries, base_dir, source=source)
+    chain = open_datasets(sources, specs)
+    datasets: list[Any] = [_AllowOutside(d) if d.source.allow_outside_paths else d for d in chain.datasets]
+    dataset: Any = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+    if max_examples is not None and max_examples < len(dataset):
+        dataset = Subset(dataset, range(max_examples))
+    return dataset
 
 
 class ManifestDataset(Dataset):
@@ -208,6 +217,40 @@ class EpochBatchSampler:
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+class BucketBatchSampler(EpochBatchSampler):
+    """:class:`EpochBatchSampler` whose batches hold examples of similar length, so padded lengths come from a small
+    set and little of a batch is padding.
+
+    Each epoch's shuffled order is cut into windows of ``window`` batches; a window's examples are sorted by
+    ``length(index)`` (stable) and cut into batches, and the batches of the epoch are then shuffled. Everything is a
+    function of ``(seed, epoch)`` (and the lengths), so a resumed run sees the same batches; the lengths of a window
+    are asked for only when the window is reached.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *, seed: int, length: Callable[[int], int],
+                 window: int = 32, shuffle: bool = True, drop_last: bool = True) -> None:
+        super().__init__(num_examples, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.length = length
+        self.window = window
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order(self.epoch)
+        n_batches = len(self)
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63) + 1)
+        batch_order = torch.randperm(n_batches, generator=g).tolist() if self.shuffle else list(range(n_batches))
+        span = self.window * self.batch_size
+        sorted_windows: dict[int, list[int]] = {}
+        for b in batch_order[self.start_batch :]:
+            w, first = divmod(b * self.batch_size, span)
+            if w not in sorted_windows:
+                members = order[w * span : (w + 1) * span]
+                sorted_windows[w] = sorted(members, key=self.length)
+            yield sorted_windows[w][first : first + self.batch_size]
+
+
 @dataclass
 class SkippedBatch:
     """What :class:`SafeCollator` returns when no example of a batch is usable (the skips travel with it)."""
@@ -249,15 +292,23 @@ class SafeCollator:
             return kind, f"{source or '?'}: {e}", source
         return None
 
-    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> Any:
+    def __call__(self, examples: Sequence[Mapping[str, Any] | BadExample]) -> Any:
+        marked = [(ex.kind, ex.message, ex.key) for ex in examples if isinstance(ex, BadExample)]
+        if marked:
+            if self.on_bad_sample == "fail":
+                kind, message, _ = marked[0]
+                raise TrainingError(f"bad sample ({kind}): {message} (on_bad_sample: fail)")
+            examples = [ex for ex in examples if not isinstance(ex, BadExample)]
+            if not examples:
+                return SkippedBatch(marked)
         try:
             batch = self._collate(examples)
-            batch.skipped = []
+            batch.skipped = marked
             return batch
         except (MediaError, PromptError):
             pass  # find the culprit(s) one by one; only on this rare path
         problems = [self._problem(ex) for ex in examples]
-        skipped = [p for p in problems if p is not None]
+        skipped = marked + [p for p in problems if p is not None]
         good = [ex for ex, p in zip(examples, problems) if p is None]
         if not good:
             return SkippedBatch(skipped)

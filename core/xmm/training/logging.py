@@ -1,7 +1,29 @@
-"""Run logging: JSONL always, tensorboard/wandb when installed, a tqdm bar on a terminal, a loss-curve PNG.
+"""Run logging: JSONL always, tensorboard/wandb when installed, a loss-curve PNG.
 
-Only the main process logs. Each record has ``step`` (run-wide optimiser step), ``stage``, ``loss`` and one
-``loss/<objective>`` per objective, ``lr``, ``samples_per_s`` and ``skipped`` (bad samples so far).
+Only the main process logs, to ``<output_dir>/logs/train.jsonl`` (one JSON object per line). A step record (every
+``log_every`` optimiser steps and the last step of a stage) has:
+
+=================  ===============================================================================================
+``step``           optimiser steps done in the whole run
+``stage``          the stage's name; ``stage_step``: steps done in the stage; ``epoch``: passes over its data begun
+``loss``           the weighted total; ``loss/<objective>``: each objective's value (averaged over the step's
+                   micro-batches and the processes); ``grad_norm``: before clipping (when ``max_grad_norm`` is set)
+``lr``             the learning rate of the first parameter group after this step's scheduler step
+``samples_per_s``  examples trained per wall second over the *window*: the ``window_steps`` steps since the previous
+                   record, ``window_s`` wall seconds (so it includes data loading, encoding and checkpoints)
+``s_per_step``     wall seconds per step over the same window (``window_s / window_steps``)
+``step_time_s``    wall seconds of the logged step alone (``step_cpu_s``: its process CPU seconds); one step can be
+                   far from the window's mean (a cold feature cache, the loss read of a logging step)
+``data_wait_s``    wall seconds the logged step waited for its batches (``data_wait_frac``: the window's waiting
+                   over ``window_s``); near 0 when the loader's workers keep ahead of the step
+``eta_s``          the stage's remaining steps times ``s_per_step``
+``skipped``        bad samples skipped so far in the run
+=================  ===============================================================================================
+
+Event records carry ``event``: ``stage_start``, ``stage_end`` (the stage's summary), ``restart`` (a resumed run:
+``step`` it continues after, ``attempt``, ``checkpoint``, ``discarded_records`` / ``discarded_steps`` that the
+stopped attempt had logged after that checkpoint, which are moved to ``logs/discarded.jsonl`` and run again, and the
+plan ``changes``), ``summary``.
 """
 
 from __future__ import annotations
@@ -10,10 +32,18 @@ import importlib.util
 import json
 import logging as _logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from xmm.errors import MissingDependencyError, import_optional
+from xmm.progress import Progress
+from xmm.training.layout import LOG_FILE
+
+__all__ = ["DISCARDED_FILE", "Progress", "RunLogger", "plot_loss_curve", "read_log", "stage_summaries"]
+
+# records a stopped attempt logged after the checkpoint a run resumed from (those steps are run and logged again)
+DISCARDED_FILE = "logs/discarded.jsonl"
 
 log = _logging.getLogger("xmm.training")
 
@@ -29,15 +59,16 @@ class RunLogger:
                  resume_step: int | None = None, config: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.path = self.run_dir / "logs" / "train.jsonl"
+        self.path = self.run_dir / LOG_FILE
         self._tb: Any = None
         self._wandb: Any = None
         self.records: list[dict[str, Any]] = []
+        self.discarded: list[dict[str, Any]] = []
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
-            self._truncate_after(resume_step)
+            self.discarded = self._truncate_after(resume_step)
         elif self.path.exists():
             self.path.unlink()  # a fresh run starts a fresh log
         self.records = read_log(self.path)
@@ -57,15 +88,34 @@ class RunLogger:
             self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "xmm"), dir=str(self.run_dir), config=config or {},
                                      resume="allow")
 
-    def _truncate_after(self, step: int) -> None:
-        # a killed run may have logged steps after its last checkpoint; they are run (and logged) again on resume
+    def _truncate_after(self, step: int) -> list[dict[str, Any]]:
+        """Move the records after ``step`` out of the log (into :data:`DISCARDED_FILE`); returns them."""
+        # a stopped run may have logged steps after its last checkpoint; they run (and are logged) again on resume,
+        # so the log keeps one record per step and the stopped attempt's tail stays readable beside it
         if not self.path.exists():
-            return
-        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step]
-        text = "".join(json.dumps(r) + "\n" for r in kept)
+            return []
+        records = read_log(self.path)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        dropped = [r for r in records if r.get("step", 0) > step]
         from xmm.io import atomic_write_text
 
-        atomic_write_text(self.path, text)
+        if dropped:
+            attempt = 1 + sum(1 for r in kept if r.get("event") == "restart")
+            with open(self.run_dir / DISCARDED_FILE, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps({**r, "attempt": attempt}, default=float) + "\n" for r in dropped)
+        atomic_write_text(self.path, "".join(json.dumps(r, default=float) + "\n" for r in kept))
+        return dropped
+
+    def restarted(self, *, step: int, checkpoint: str, changes: dict[str, Any] | None = None) -> None:
+        """Mark in the log that the run resumed after ``step`` from ``checkpoint`` (see the module docstring)."""
+        steps = [int(r["step"]) for r in self.discarded if "event" not in r and "step" in r]
+        self.event("restart", step=step, attempt=2 + sum(1 for r in self.records if r.get("event") == "restart"),
+                   checkpoint=checkpoint, discarded_records=len(self.discarded),
+                   discarded_steps=[min(steps), max(steps)] if steps else None, changes=changes or {})
+
+    def restarts(self) -> list[dict[str, Any]]:
+        """The ``restart`` events of the log (one per resume)."""
+        return [{k: v for k, v in r.items() if k != "event"} for r in self.records if r.get("event") == "restart"]
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -110,11 +160,18 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def plot_loss_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "xmm training") -> Path | None:
-    """Loss per objective against the run-wide step, stage boundaries dashed; written atomically as PNG."""
+    """Loss per objective against the run-wide step, stage boundaries dashed; written atomically as PNG.
+
+    Returns None (no PNG) when there is no step record, or when matplotlib (the ``plot`` extra) is not installed.
+    """
     steps = [r for r in records if "step" in r and "loss" in r and "event" not in r]
     if not steps:
         return None
-    import matplotlib
+    try:
+        matplotlib = import_optional("matplotlib", extra="plot", purpose="the loss-curve PNG of a run")
+    except MissingDependencyError as e:  # an optional extra: the run's JSONL log holds the same numbers
+        log.info("no loss curve PNG: %s", e)
+        return None
 
     matplotlib.use("Agg")  # no display; must precede pyplot
     import matplotlib.pyplot as plt
@@ -146,23 +203,13 @@ def plot_loss_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike[s
     return out
 
 
-class Progress:
-    """A tqdm bar with loss and samples/s, shown only on the main process and on a terminal."""
-
-    def __init__(self, total: int, *, initial: int = 0, desc: str = "", enabled: bool = True) -> None:
-        show = enabled and sys.stderr.isatty() and os.environ.get("XMM_NO_PROGRESS", "") in ("", "0")
-        self._bar: Any = None
-        if show:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        if self._bar is None:
-            return
-        self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False)
-        self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+def stage_summaries(records: Sequence[dict[str, Any]], stage_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The logged summaries (``stage_end`` events) of the stages ``stage_names``, in that order: what a resumed run
+    puts in ``summary.json`` for the stages an earlier attempt finished. A stage whose end was not logged (the run
+    stopped between its checkpoint and its evaluation) gets ``{"stage": name, "logged": False}``."""
+    ends: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("event") == "stage_end" and isinstance(r.get("stage"), str):
+            ends[r["stage"]] = {k: v for k, v in r.items() if k not in ("event", "step", "index")}
+    return [{"stage": name, **ends[name]} if name in ends else {"stage": name, "logged": False}
+            for name in stage_names]

@@ -3,11 +3,10 @@
 glibc serves every allocation above its mmap threshold (at most 32 MiB, dynamically adjusted) with a fresh ``mmap``
 and unmaps it again on free. A training step allocates and frees the same large tensors every time - the
 activations of a conv encoder (``[16, 96, 112, 112]`` fp32 is 77 MB), a vocabulary-sized gradient (a Q-Former text
-branch over SmolLM2's 49k tokens: 50 MB) - so each step page-faults all of them in again: about 10 ms per 50 MB
-on this kind of machine. Measured on EfficientNet-Lite0 + a Q-Former stage-1 (one CPU thread): the encoder's epoch
-1.9 s -> 1.1 s, an ITC+ITM+ITG step 0.51 s -> 0.32 s of CPU time, with the same peak RSS (the pages were alive at
-the peak either way). Raising the mmap threshold (and the trim threshold with it, so that the heap is not handed
-back to the kernel after every step) keeps such blocks in the heap for reuse.
+branch over SmolLM2's 49k tokens: 50 MB) - so each step page-faults all of them in again, a large share of an
+encoder-bound step (figures in this folder's README). Raising the mmap threshold (and the trim threshold with it, so
+that the heap is not handed back to the kernel after every step) keeps such blocks in the heap for reuse; the peak
+RSS stays the same (the pages are alive at the peak either way).
 
 :func:`tune_cpu_allocator` does that once per process, on Linux with glibc; ``XMM_MALLOC_TUNING=0`` turns it off.
 It changes the allocation policy of the whole process: up to ``trim_threshold`` bytes of freed heap stay mapped.

@@ -1,51 +1,61 @@
-"""The objective registry: named training losses that a stage combines with weights.
+"""Core's training objectives and the lookup of objectives by name.
 
-An objective is ``fn(model, batch, output, **params) -> Tensor | None``: a scalar loss, or ``None`` when it does not
-apply to this batch (e.g. a Q-Former loss on a batch without Q-Former media). ``output`` is ``model(batch)``, or
-``None`` when no objective of the stage declared ``needs_output`` (stage-1 bridge alignment then never runs the LLM).
-Other packages add objectives with :func:`register_objective` (the decoders register ``decoder_alignment``).
-
-Several objectives can share work done once per step through :func:`step_memo` (a dict that lives for one step).
+The objectives here (``lm``, ``qformer_itc``/``itm``/``itg``, ``cif_quantity``, ``guided_answer``) reach the registry
+through :mod:`xmm.training.core_plugin`'s ``xmm_objectives`` hook, like any plugin's (the contract is
+:mod:`xmm.objective`). :func:`get_objective` looks a name up in the registry.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from xmm.errors import ConfigError
+from xmm.model import IGNORE_INDEX
+from xmm.model.media import turn_contexts
+from xmm.objective import Objective, ObjectiveFn, objective, objective_step, step_memo
 
-ObjectiveFn = Callable[..., "torch.Tensor | None"]
+__all__ = [
+    "CORE_OBJECTIVES",
+    "Objective",
+    "answer_tokens",
+    "available_objectives",
+    "count_answer_tokens",
+    "get_objective",
+    "media_features",
+    "objective_step",
+    "per_answer_cross_entropy",
+    "register_objective",
+    "step_memo",
+    "unwrap",
+]
 
-# modules that register objectives into this registry when imported (the output side: decoders/projectors)
-PROVIDER_MODULES = ("xmm.projectors", "xmm.decoders", "xmm.decoders.alignment")
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A registered objective. ``needs_output``: it reads ``model(batch)``; ``needs_hidden_states``: it reads the
-    LLM hidden states (the model is then called with ``output_hidden_states=True``)."""
-
-    name: str
-    fn: ObjectiveFn
-    needs_output: bool = True
-    needs_hidden_states: bool = False
-    description: str = ""
-    token_mean: bool = False  # a mean over answer tokens: the loop re-weights it by the step's global token count
-
-    def __call__(self, model: Any, batch: Any, output: Any, **params: Any) -> torch.Tensor | None:
-        return self.fn(model, batch, output, **params)
+# objectives added through the deprecated register_objective (looked up before the registry, as a replacement was)
+_LEGACY: dict[str, Objective] = {}
 
 
-_OBJECTIVES: dict[str, Objective] = {}
-_providers_loaded = False
-_MEMO: ContextVar[dict[str, Any] | None] = ContextVar("xmm_objective_memo", default=None)
+def get_objective(name: str) -> Objective:
+    """The objective named ``name`` (core's or a plugin's); raises :class:`ConfigError` listing the known names."""
+    if name in _LEGACY:
+        return _LEGACY[name]
+    from xmm.registry import get_registry
+
+    reg = get_registry()
+    if name not in reg.objectives:
+        failed = "; ".join(f"{p.name} ({p.error})" for p in reg.failures)
+        hint = f". Plugins that failed to load: {failed}" if failed else ""
+        raise ConfigError(f"unknown objective '{name}'; known: {', '.join(available_objectives())}{hint}")
+    return reg.objectives[name]
+
+
+def available_objectives() -> list[str]:
+    """Names of every objective a stage can use."""
+    from xmm.registry import get_registry
+
+    return sorted(set(get_registry().objectives) | set(_LEGACY))
 
 
 def register_objective(
@@ -58,68 +68,32 @@ def register_objective(
     token_mean: bool = False,
     replace: bool = False,
 ) -> Any:
-    """Register ``fn`` under ``name``; usable as ``@register_objective("name")`` or ``register_objective("name", fn)``.
+    """Deprecated: return an :class:`~xmm.objective.Objective` from an ``xmm_objectives`` hook instead.
 
-    ``token_mean``: ``fn`` returns a mean over the batch's answer tokens (labels != -100); the loop then weights
-    each micro-batch by its share of the optimiser step's tokens over all processes, so N processes and gradient
-    accumulation compute exactly the one-process, one-batch mean. Other objectives are averaged per micro-batch.
-    Registering a name twice raises unless ``replace=True`` or it is the same function (re-imported module).
+    Adds ``fn`` under ``name`` for this process (``@register_objective("name")`` or ``register_objective("name", fn)``).
+    A name already taken raises unless ``replace=True`` or it is the same function (a re-imported module).
     """
+    warnings.warn("register_objective is deprecated and goes away in the next release: build the objective with "
+                  "xmm.objective.objective(...) and return it from an `xmm_objectives` hook",
+                  DeprecationWarning, stacklevel=2)
 
     def deco(f: ObjectiveFn) -> ObjectiveFn:
-        old = _OBJECTIVES.get(name)
-        same = old is not None and getattr(old.fn, "__qualname__", None) == getattr(f, "__qualname__", None) and getattr(
-            old.fn, "__module__", None
-        ) == getattr(f, "__module__", None)
+        old = _LEGACY.get(name)
+        if old is None and name in available_objectives():
+            old = get_objective(name)
+        same = old is not None and _same_function(old.fn, f)
         if old is not None and not (replace or same):
             raise ConfigError(f"objective '{name}' is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
-        doc = description or next(iter((f.__doc__ or "").strip().splitlines()), "")
-        _OBJECTIVES[name] = Objective(name, f, needs_output or needs_hidden_states, needs_hidden_states, doc, token_mean)
+        _LEGACY[name] = objective(name, needs_output=needs_output, needs_hidden_states=needs_hidden_states,
+                                  description=description, token_mean=token_mean)(f)
         return f
 
     return deco(fn) if fn is not None else deco
 
 
-def _load_providers() -> None:
-    global _providers_loaded
-    if _providers_loaded:
-        return
-    _providers_loaded = True
-    for mod in PROVIDER_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ImportError:  # the output side is optional
-            continue
-
-
-def get_objective(name: str) -> Objective:
-    """The objective registered as ``name``; raises :class:`ConfigError` listing the known names."""
-    if name not in _OBJECTIVES:
-        _load_providers()
-    if name not in _OBJECTIVES:
-        raise ConfigError(f"unknown objective '{name}'; known: {', '.join(available_objectives())}")
-    return _OBJECTIVES[name]
-
-
-def available_objectives() -> list[str]:
-    _load_providers()
-    return sorted(_OBJECTIVES)
-
-
-@contextlib.contextmanager
-def objective_step() -> Iterator[dict[str, Any]]:
-    """Open a fresh per-step memo (the loop wraps each micro-batch in it)."""
-    token = _MEMO.set({})
-    try:
-        yield _MEMO.get()  # type: ignore[misc]
-    finally:
-        _MEMO.reset(token)
-
-
-def step_memo() -> dict[str, Any]:
-    """The current step's shared dict (a throwaway one outside :func:`objective_step`)."""
-    memo = _MEMO.get()
-    return memo if memo is not None else {}
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    return (getattr(a, "__qualname__", None), getattr(a, "__module__", None)) == (
+        getattr(b, "__qualname__", None), getattr(b, "__module__", None))
 
 
 # -- helpers the built-in objectives share ---------------------------------------------------------------------
@@ -131,30 +105,33 @@ def unwrap(model: Any) -> Any:
 
 
 def count_answer_tokens(batch: Any) -> int:
-    """Answer tokens of a batch (positions with a label); 0 for an unusable (None) batch."""
-    return 0 if batch is None or batch.labels is None else int((batch.labels != -100).sum())
+    """Answer tokens of a batch (positions with a label); 0 for an unusable (None) batch. A batch from the training
+    data loader carries the count (``answer_tokens``, counted on the host), so no device is read here."""
+    if batch is None or batch.labels is None:
+        return 0
+    known = getattr(batch, "answer_tokens", None)
+    return int(known) if known is not None else int((batch.labels != IGNORE_INDEX).sum())
 
 
 def answer_tokens(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The answer tokens of each example, left-aligned: ids ``[B, La]`` (pad 0) and mask ``[B, La]`` bool.
 
-    Taken from ``batch.labels`` (everything that is not -100), so a caption pair gives its caption.
+    Taken from ``batch.labels`` (everything that is not ``IGNORE_INDEX``), so a caption pair gives its caption.
     """
     labels = batch.labels
-    keep = labels != -100
+    keep = labels != IGNORE_INDEX
     lengths = keep.sum(1)
     width = max(int(lengths.max()) if lengths.numel() else 0, 1)
-    ids = torch.zeros(labels.shape[0], width, dtype=torch.long, device=labels.device)
-    mask = torch.zeros(labels.shape[0], width, dtype=torch.bool, device=labels.device)
-    for b in range(labels.shape[0]):
-        n = int(lengths[b])
-        ids[b, :n] = labels[b][keep[b]]
-        mask[b, :n] = True
-    return ids, mask
+    # each answer token's column in its row; the others go to a spare last column that is dropped
+    col = torch.where(keep, keep.cumsum(1) - 1, width)
+    ids = torch.zeros(labels.shape[0], width + 1, dtype=torch.long, device=labels.device)
+    ids.scatter_(1, col, torch.where(keep, labels, 0))
+    mask = torch.arange(width, device=labels.device) < lengths[:, None]
+    return ids[:, :width], mask
 
 
 # -- built-in objectives ---------------------------------------------------------------------------------------
-@register_objective("lm", token_mean=True)
+@objective("lm", token_mean=True)
 def lm_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | None:
     """Next-token cross-entropy on the assistant answer tokens (what ``model(batch).loss`` is)."""
     return getattr(output, "loss", None)
@@ -166,7 +143,7 @@ def media_features(model: Any, items: list[Any]) -> list[Any]:
     todo = [it for it in items if id(it) not in memo]
     if todo:
         m = unwrap(model)
-        feats = m.feature_provider(todo) if m.feature_provider is not None else m.encode_media(todo)
+        feats = m.media_features(todo)
         for it, f in zip(todo, feats):
             memo[id(it)] = f
     return [memo[id(it)] for it in items]
@@ -229,21 +206,17 @@ def _qformer_objective(key: str) -> ObjectiveFn:
     return fn
 
 
-register_objective(
-    "qformer_itc", _qformer_objective("itc"), needs_output=False,
-    description="Q-Former image-text contrastive loss (BLIP-2 stage 1)",
-)
-register_objective(
-    "qformer_itm", _qformer_objective("itm"), needs_output=False,
-    description="Q-Former image-text matching loss with hard negatives (BLIP-2 stage 1)",
-)
-register_objective(
-    "qformer_itg", _qformer_objective("itg"), needs_output=False,
-    description="Q-Former image-grounded text generation loss (BLIP-2 stage 1)",
-)
+QFORMER_ITC = objective("qformer_itc", needs_output=False,
+                        description="Q-Former image-text contrastive loss (BLIP-2 stage 1)")(_qformer_objective("itc"))
+QFORMER_ITM = objective("qformer_itm", needs_output=False,
+                        description="Q-Former image-text matching loss with hard negatives (BLIP-2 stage 1)")(
+    _qformer_objective("itm"))
+QFORMER_ITG = objective("qformer_itg", needs_output=False,
+                        description="Q-Former image-grounded text generation loss (BLIP-2 stage 1)")(
+    _qformer_objective("itg"))
 
 
-@register_objective("cif_quantity", needs_output=False)
+@objective("cif_quantity", needs_output=False)
 def cif_quantity_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | None:
     """CIF quantity loss of every CIF bridge: mean ``|sum(alpha) - n|`` with n the number of answer tokens (the
     transcript of a speech-text pair, end-of-turn tokens excluded), averaged over the modalities in the batch."""
@@ -251,7 +224,7 @@ def cif_quantity_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | Non
 
     m = unwrap(model)
     labels = batch.labels
-    answer = labels != -100
+    answer = labels != IGNORE_INDEX
     eos = getattr(m.tokenizer, "eos_token_id", None)
     if eos is not None:
         answer &= labels != eos
@@ -275,22 +248,39 @@ def cif_quantity_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | Non
 def per_answer_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``logits [N, G, V]`` against ``target [N, G]`` where ``valid [N, G]``: the mean over each
     answer's valid tokens, then over the answers that have any. A 1-token "yes" then weighs as much as an 8-token
-    command; a plain token mean let long answers drown the short ones (yes/no questions learned far slower)."""
+    command; a plain token mean lets long answers drown the short ones."""
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
     per_answer = (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
     return per_answer[valid.any(1)].mean()
 
 
-@register_objective("guided_answer", needs_output=False)
-def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | None:
+_NEGATIVES: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def candidate_rows(targets: torch.Tensor, vocab: int, negatives: int) -> torch.Tensor:
+    """Sorted vocabulary rows to score instead of the whole table: every id in ``targets`` plus ``negatives`` rows
+    drawn once (the same for the whole run, from a fixed seed, so no RNG stream moves)."""
+    key = (vocab, negatives, str(targets.device))
+    fixed = _NEGATIVES.get(key)
+    if fixed is None:
+        gen = torch.Generator().manual_seed(0)
+        fixed = _NEGATIVES[key] = torch.randperm(vocab, generator=gen)[: min(negatives, vocab)].to(targets.device)
+    return torch.unique(torch.cat([targets.flatten(), fixed]))
+
+
+@objective("guided_answer", needs_output=False)
+def guided_answer_loss(model: Any, batch: Any, output: Any, negatives: int | None = None) -> torch.Tensor | None:
     """Cross-entropy of each instruction-guided bridge's guided tokens, read through the frozen LLM's own embedding
     table (tied to its LM head), against the answer: guided token g against answer token g, for the first
     ``guided_tokens`` tokens of the answer, each answer weighing the same (:func:`per_answer_cross_entropy`). No
     LLM layer runs, so a stage of it costs milliseconds a step: it turns the question-guided read-out into the
     answer's words before an ``lm`` stage teaches the LLM to use them (the role BLIP-2's stage 1 and X-LLM's
-    "convert" stage play). Averaged over modalities."""
-    from xmm.model.multimodal import turn_text_embeddings
+    "convert" stage play). Averaged over modalities.
 
+    ``negatives``: score only the rows that matter (:func:`candidate_rows`: the batch's answer tokens and that many
+    fixed other rows) instead of the whole vocabulary, a sampled softmax: with fp32 on a CPU the full table's
+    logits are most of the stage's work. None: the whole vocabulary.
+    """
     m = unwrap(model)
     if batch.labels is None or not batch.media:
         return None
@@ -307,7 +297,7 @@ def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | No
     weight = table.weight.detach().float()
     losses = []
     for modality, items in groups.items():
-        contexts = [turn_text_embeddings(token_embeds, input_ids, it, m.placeholder_ids) for it in items]
+        contexts = turn_contexts(token_embeds, items, batch.media)
         embeds, _, _ = m.bridge_media(items, media_features(model, items), contexts)
         n_guided = m.bridges[modality].config.guided_tokens
         g = min(n_guided, ids.shape[1])
@@ -318,6 +308,16 @@ def guided_answer_loss(model: Any, batch: Any, output: Any) -> torch.Tensor | No
         guided = torch.stack([embeds[i][-n_guided:][:g] for i in keep]).float()
         rows = torch.tensor([items[i].batch_index for i in keep], device=ids.device)
         target, valid = ids[rows, :g].to(guided.device), amask[rows, :g].to(guided.device)
-        if valid.any():
+        if not valid.any():
+            continue
+        if negatives is None:
             losses.append(per_answer_cross_entropy(guided @ weight.T, target, valid))
+            continue
+        rows_kept = candidate_rows(target[valid], weight.shape[0], negatives)
+        local = torch.searchsorted(rows_kept, target).clamp(max=rows_kept.numel() - 1)
+        losses.append(per_answer_cross_entropy(guided @ weight[rows_kept].T, local, valid))
     return torch.stack(losses).mean() if losses else None
+
+
+CORE_OBJECTIVES: tuple[Objective, ...] = (lm_loss, QFORMER_ITC, QFORMER_ITM, QFORMER_ITG, cif_quantity_loss,
+                                          guided_answer_loss)

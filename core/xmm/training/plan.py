@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from xmm.data import DataSource
 from xmm.errors import ConfigError
 from xmm.model.config import LoraSettings, MultimodalConfig
 
@@ -106,18 +107,31 @@ class ScheduleConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Training data of a stage: JSONL manifests (paths relative to the plan file), concatenated."""
+    """Training data of a stage, concatenated: each entry a path (an xmm manifest or any format ``xmm.data`` detects)
+    or a :class:`~xmm.data.DataSource` mapping (``{path, format, media_root, columns, ...}``); paths are relative to
+    the plan file."""
 
-    train: list[str] = Field(min_length=1)
+    train: list[str | DataSource] = Field(min_length=1)
     shuffle: bool = True
     max_examples: int | None = Field(None, gt=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field("auto", description="data loader worker processes (0: none, in the "
+                                               "training process); auto: as many as the machine spares")
+    prefetch: int = Field(2, ge=1, description="batches each worker prepares ahead")
+    buckets: int = Field(0, ge=0, description="batch examples of similar length: sort windows of this many batches "
+                         "by length (0: off, the plain shuffled order)")
     drop_last: bool = True
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("num_workers must be >= 0 or 'auto'")
+        return v
 
     @field_validator("train", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (str, os.PathLike)) else v
+        return [v] if isinstance(v, (str, os.PathLike, dict, DataSource)) else v
 
 
 class EvalConfig(_Strict):
@@ -142,14 +156,34 @@ class StageConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     max_steps: int | None = Field(None, gt=0, description="optimiser steps")
     epochs: float | None = Field(None, gt=0, description="passes over the data (alternative to max_steps)")
-    batch_size: int = Field(8, gt=0)
+    batch_size: int | Literal["auto"] = Field(
+        8, description="examples per micro-step over all processes; auto: the largest that fits the device "
+        "(xmm.training.autobatch), with global_batch_size kept by accumulation")
+    global_batch_size: int | None = Field(None, gt=0, description="with batch_size auto: examples per optimiser step")
+    memory_budget_gb: float | None = Field(None, gt=0, description="with batch_size auto: memory a step may use "
+                                           "(default: 90% of a GPU, half the available RAM on a CPU)")
     grad_accum: int = Field(1, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     lora: LoraSettings | None = None
     gradient_checkpointing: bool = False
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        False, description="run the LLM decoder under torch.compile (true: CUDA graphs on CUDA); spliced lengths are "
+        "padded to a multiple of 16 so that few shapes compile")
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     feature_cache: bool = True
     eval: EvalConfig | None = None
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        # checked here so that an error names the field itself, not a member of the union
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"batch_size must be a number of examples greater than 0 or 'auto', got {v!r}")
+        if v <= 0:
+            raise ValueError("Input should be greater than 0 (or 'auto')")
+        return v
 
     @field_validator("objectives", mode="before")
     @classmethod
@@ -173,10 +207,59 @@ class StageConfig(_Strict):
     def _length(self) -> StageConfig:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of 'max_steps' and 'epochs'")
+        if self.global_batch_size is not None and (self.batch_size != "auto" or self.grad_accum != 1):
+            raise ValueError("global_batch_size goes with batch_size: auto (the accumulation is derived from it), "
+                             "not with a fixed batch_size or grad_accum")
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objectives listed twice: {sorted({n for n in names if names.count(n) > 1})}")
         return self
+
+
+class FsdpConfig(_Strict):
+    """FSDP settings: torch's FSDP2 ``fully_shard`` over the frozen LLM's decoder layers."""
+
+    layers: list[str] | None = Field(
+        None, min_length=1, description="class names of the LLM layers to shard; default: the LLM's _no_split_modules")
+    reshard_after_forward: bool = Field(True, description="free gathered layer weights after each forward (less "
+                                        "memory, one more all-gather in backward)")
+    cpu_offload: bool = Field(False, description="keep the sharded weights in CPU memory between uses")
+
+
+class DistributedConfig(_Strict):
+    """How the processes of a multi-process run (``torchrun``, ``accelerate launch``) share the work.
+
+    ``ddp`` (the default): every process holds the whole model and the trained parts' gradients are all-reduced.
+    ``fsdp``: as ddp, but each frozen LLM decoder layer is sharded over the processes (torch FSDP2) and gathered
+    only while it runs; the trained parts stay whole, so checkpoints and ``--resume`` are unchanged.
+    ``deepspeed``: the stage model and optimiser go to DeepSpeed through accelerate with the given ZeRO config (a
+    JSON path relative to the plan, or an inline mapping); needs GPUs and the ``deepspeed`` extra.
+    A plain string is the strategy: ``distributed: fsdp``.
+    """
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    fsdp: FsdpConfig | None = None
+    deepspeed: str | dict[str, Any] | None = Field(None, description="DeepSpeed config: JSON path or mapping")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_only(cls, v: Any) -> Any:
+        return {"strategy": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _matching_sections(self) -> DistributedConfig:
+        if self.strategy == "deepspeed" and self.deepspeed is None:
+            raise ValueError("strategy 'deepspeed' needs 'deepspeed': the path of a DeepSpeed JSON config or a mapping")
+        if self.strategy != "deepspeed" and self.deepspeed is not None:
+            raise ValueError(f"'deepspeed' is set but strategy is '{self.strategy}' (set strategy: deepspeed)")
+        if self.strategy != "fsdp" and self.fsdp is not None:
+            raise ValueError(f"'fsdp' is set but strategy is '{self.strategy}' (set strategy: fsdp)")
+        return self
+
+    @property
+    def fsdp_settings(self) -> FsdpConfig:
+        """The FSDP settings, defaults filled in."""
+        return self.fsdp or FsdpConfig()
 
 
 class StagePlan(_Strict):
@@ -191,12 +274,24 @@ class StagePlan(_Strict):
     checkpoint_every: int | None = Field(None, ge=1, description="optimiser steps between periodic checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="periodic checkpoints kept (stage-end ones are all kept)")
     log_every: int = Field(1, ge=1)
+    threads: int | Literal["auto"] | None = Field(
+        None, description="torch compute threads: a number or auto (the cores free when the run starts); unset: "
+        "auto, or OMP_NUM_THREADS when that is set. `xmm train --threads` overrides it")
     plugins: list[str] = Field(default_factory=list, description="importable modules registered as xmm plugins")
     report_to: Literal["auto", "jsonl"] | list[Literal["jsonl", "tensorboard", "wandb"]] = "auto"
+    distributed: DistributedConfig | None = Field(None, description="ddp (default), fsdp or deepspeed; see "
+                                                   "DistributedConfig")
     stages: list[StageConfig] = Field(min_length=1)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str | None = PrivateAttr(default=None)
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("threads must be >= 1 or 'auto'")
+        return v
 
     @model_validator(mode="after")
     def _names(self) -> StagePlan:

@@ -131,8 +131,3 @@ def apply_preset(data: dict[str, Any], *, base_dir: Path, source: str | None = N
     if "model" in out and preset.get("model_defaults"):
         out["model"] = _apply_model_defaults(out["model"], preset["model_defaults"], base_dir, source)
     return out
-
-
-def describe_presets() -> dict[str, str]:
-    """Preset name -> one-line description."""
-    return {name: load_preset(name).get("description", "") for name in PRESETS}

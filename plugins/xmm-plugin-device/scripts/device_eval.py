@@ -30,10 +30,10 @@ def per_task_report(manifest: Path, predictions: list[dict[str, Any]]) -> dict[s
     strict: list[float] = []
     for p in predictions:
         task = tasks.get(p["source"], "?")
-        hits[task].append(exact_match(p["prediction"], p["reference"]))
+        hits[task].append(exact_match(p["answer"], p["expected"]))
         if task == "action":
             try:
-                strict.append(float(parse_command(p["prediction"]) == parse_command(p["reference"])))
+                strict.append(float(parse_command(p["answer"]) == parse_command(p["expected"])))
             except CommandError:
                 strict.append(0.0)
     out: dict[str, Any] = {t: {"n": len(v), "accuracy": sum(v) / len(v)} for t, v in sorted(hits.items())}
@@ -50,11 +50,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from xmm.cli.evaluate import resolve_checkpoint
-    from xmm.model import MultimodalLM
+    from xmm.resolver import load_model
     from xmm.training.evaluate import evaluate
 
-    model = MultimodalLM.from_pretrained(resolve_checkpoint(args.checkpoint))
+    model = load_model(args.checkpoint)
     t0 = time.time()
     res = evaluate(model, args.manifest.resolve(), "exact", max_new_tokens=16, batch_size=args.batch_size,
                    limit=args.limit, return_predictions=True)

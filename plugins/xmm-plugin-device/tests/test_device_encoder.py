@@ -37,7 +37,7 @@ def test_featurize_scales_flags_deltas_and_times(make_snapshot):
     assert app_first == 2 + 4 + 0 and 2 <= app_unknown < 6  # "maps" row; an unknown app lands in a hash bucket
 
 
-def test_feature_layout_shapes_and_padding_invariance(make_snapshot, one_thread):
+def test_feature_layout_shapes_and_padding_invariance(make_snapshot):
     torch.manual_seed(0)
     enc = DeviceTransformerEncoder(d_model=32, num_heads=4, num_layers=2).eval()
     n_tokens = 1 + len(enc.numeric_specs) + len(enc.categorical_specs)  # window token + one per feature
@@ -55,7 +55,7 @@ def test_feature_layout_shapes_and_padding_invariance(make_snapshot, one_thread)
     assert with_snaps.mask.sum(1).tolist() == [n_tokens + 2, n_tokens + 5]
 
 
-def test_snapshot_layout_shapes_masks_and_padding_invariance(make_snapshot, one_thread):
+def test_snapshot_layout_shapes_masks_and_padding_invariance(make_snapshot):
     torch.manual_seed(0)
     enc = DeviceTransformerEncoder(layout="snapshots", d_model=32, num_heads=4, num_layers=2).eval()
     short, long = _win(make_snapshot, [50, 49]), _win(make_snapshot, [60, 58, 57, 55, 54])
@@ -84,7 +84,7 @@ def test_trainable_until_frozen(make_snapshot):
     assert not enc.training
 
 
-def test_learns_a_window_level_rule(make_snapshot, one_thread):
+def test_learns_a_window_level_rule(make_snapshot):
     """Encoder + linear head separate draining from steady windows (a change across snapshots, not one value)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -161,14 +161,15 @@ def test_config_errors_name_the_field():
             time=torch.zeros(1, 2, 3), categorical=torch.zeros(1, 2, 3, dtype=torch.long))
 
 
-def test_registered_modality_encoder_and_decoder(device_registry, make_snapshot):
-    reg = device_registry
+def test_registered_modality_encoder_and_decoder(fresh_registry, make_snapshot):
+    reg = fresh_registry
     spec = reg.modality("device")
-    assert spec.placeholder == "<device>" and spec.default_encoder == "device-transformer"
+    assert spec.placeholder == "<device>" and spec.encoder == "device-transformer"
     assert ".jsonl" in spec.file_extensions
-    bridge_cls = reg.bridge_class(spec.default_bridge)
-    bridge_cls.config_class.model_validate({**spec.default_bridge_config, "input_dim": 8, "output_dim": 8})
-    enc = reg.create_encoder(spec.default_encoder, **spec.default_encoder_config)
+    enc = reg.create_encoder(spec.encoder, **spec.encoder_config)
     assert type(enc).trainable
+    bridge = reg.create_bridge({**spec.bridge, "input_dim": enc.output_dim, "output_dim": 8})
+    # one token per default feature (+ the window token) and 8 question-guided ones, as the bridge itself says
+    assert enc.num_output_tokens() == 14 and bridge.num_output_tokens(enc.num_output_tokens()) == 22
     assert spec.content_hash(make_snapshot()) == spec.content_hash(make_snapshot(temperature="97.7F"))
     assert reg.create_decoder("device-command").input_kind == "text"

@@ -18,12 +18,12 @@ def _examples(manifest: Path, n: int) -> list[dict]:
     return [{"messages": r["messages"], "base_dir": manifest.parent} for r in rows]
 
 
-def test_forward_backward_and_checkpoint(tmp_path, device_tiny_llm, one_thread):
+def test_forward_backward_and_checkpoint(tmp_path, tiny_llm_dir):
     from xmm.model import MultimodalCollator, MultimodalLM
 
     report = generate(tmp_path / "data", n=6, seed=0, split="train")
     torch.manual_seed(0)
-    model = MultimodalLM.from_config({"llm": str(device_tiny_llm), "autocast": "off",
+    model = MultimodalLM.from_config({"llm": str(tiny_llm_dir), "autocast": "off",
                                       "modalities": {"device": {"encoder_config": SMALL_ENCODER}}})
     enc, bridge = model.encoders["device"], model.bridges["device"]
     assert enc.trainable and not enc.frozen and type(bridge).bridge_type == "guided-mlp"
@@ -45,7 +45,7 @@ def test_forward_backward_and_checkpoint(tmp_path, device_tiny_llm, one_thread):
         torch.testing.assert_close(back(batch).logits, before)
 
 
-def test_xllm_plan_trains_the_encoder_then_freezes_it(tmp_path, device_tiny_llm, one_thread):
+def test_xllm_plan_trains_the_encoder_then_freezes_it(tmp_path, tiny_llm_dir):
     """The shipped plan, shrunk: convert (guided_answer, no LLM) changes encoder and bridge, align only the bridge;
     eval scores the test."""
     from xmm.training.evaluate import evaluate
@@ -56,7 +56,7 @@ def test_xllm_plan_trains_the_encoder_then_freezes_it(tmp_path, device_tiny_llm,
     generate(data, n=16, seed=1, split="train")
     test = generate(data, n=6, seed=2, split="test", captions=False)
     plan = yaml.safe_load(PLAN.read_text())
-    plan["model"] = {"llm": str(device_tiny_llm), "autocast": "off",
+    plan["model"] = {"llm": str(tiny_llm_dir), "autocast": "off",
                      "modalities": {"device": {"encoder_config": SMALL_ENCODER}}}
     plan["output_dir"] = str(tmp_path / "run")
     plan["stages"]["convert"].update(data={"train": [str(data / "train.jsonl")]}, max_steps=2, batch_size=4)
@@ -64,7 +64,7 @@ def test_xllm_plan_trains_the_encoder_then_freezes_it(tmp_path, device_tiny_llm,
     loaded = load_plan(plan, base_dir=PLAN.parent)
     from xmm.training.loop import build_model
 
-    initial = {k: v.clone() for k, v in build_model(loaded).encoders["device"].state_dict().items()}
+    initial = {k: v.cpu().clone() for k, v in build_model(loaded).encoders["device"].state_dict().items()}
     result = train(loaded)
     assert [s["stage"] for s in result.stages] == ["convert", "align"]
 
@@ -83,6 +83,6 @@ def test_xllm_plan_trains_the_encoder_then_freezes_it(tmp_path, device_tiny_llm,
     from xmm.model import MultimodalLM
 
     model = MultimodalLM.from_pretrained(result.model_dir)
-    assert all(torch.equal(v, enc2[k]) for k, v in model.encoders["device"].state_dict().items())
+    assert all(torch.equal(v.cpu(), enc2[k]) for k, v in model.encoders["device"].state_dict().items())
     scored = evaluate(model, test.manifest, "exact", max_new_tokens=4, batch_size=3)
     assert scored["n"] == 6 and 0.0 <= scored["score"] <= 1.0

@@ -23,8 +23,8 @@ def test_entry_point_registers_modality_and_encoders(registry):
 
 def test_spec(registry, image_files):
     spec = registry.modality("image")
-    assert spec.placeholder == "<image>" and spec.default_encoder == "efficientnet-lite0"
-    assert spec.default_bridge == "qformer" and spec.num_query_tokens == 32
+    assert spec.placeholder == "<image>" and spec.encoder == "efficientnet-lite0"
+    assert spec.bridge == {"type": "qformer", "num_queries": 32}
     assert ".png" in spec.file_extensions and ".webp" in spec.file_extensions
     img = spec.load(image_files["jpg"])
     assert img.mode == "RGB"
@@ -34,14 +34,15 @@ def test_spec(registry, image_files):
 
 def test_default_encoder_and_bridge_produce_32_queries(registry, photos):
     spec = registry.modality("image")
-    enc = registry.create_encoder(spec.default_encoder, **spec.default_encoder_config)
+    enc = registry.create_encoder(spec.encoder, **spec.encoder_config)
     feats = enc.encode([spec.load(photos["chelsea"]), spec.load(photos["coffee"])])
     assert feats.features.shape == (2, 49, 1280)
-    cfg = {"type": spec.default_bridge, **spec.default_bridge_config, "input_dim": enc.output_dim, "output_dim": 48,
+    cfg = {**spec.bridge, "input_dim": enc.output_dim, "output_dim": 48,
            "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
     bridge = registry.create_bridge(cfg)
     out = bridge(feats.features, feats.mask)
-    assert out.embeds.shape == (2, spec.num_query_tokens, 48) and out.mask.all()
+    assert bridge.num_output_tokens(feats.features.shape[1]) == 32
+    assert out.embeds.shape == (2, 32, 48) and out.mask.all()
 
 
 def test_xmm_plugins_lists_the_image_plugin():

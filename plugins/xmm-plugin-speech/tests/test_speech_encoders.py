@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from speech_helpers import RATE, tone
 from xmm.errors import ConfigError, MediaTooLargeError
 from xmm.registry import Registry
+from xmm.testing.signals import RATE, sine
 from xmm_plugin_audio.io import AudioClip
 from xmm_plugin_audio.testing import save_tiny_audio_model
 from xmm_plugin_speech import plugin
+
+tone = partial(sine, 220.0, amp=0.3)  # the tone these tests were written with
 
 
 def _registry() -> Registry:

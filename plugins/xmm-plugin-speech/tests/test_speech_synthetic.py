@@ -14,6 +14,7 @@ from xmm_plugin_speech.synthetic import (
     ALSA_SOUNDS,
     LIBRIVOX_DIR,
     alsa_words_manifest,
+    builtin_prose,
     digit_strings,
     espeak_binary,
     generate_sentences,
@@ -21,6 +22,7 @@ from xmm_plugin_speech.synthetic import (
     make_speech_dataset,
     read_sphinx_transcription,
     sentences_from_text,
+    speaker_split,
 )
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing (scripts/system-deps.sh installs it)")
@@ -54,6 +56,28 @@ def test_espeak_dataset(tmp_path: Path) -> None:
     assert len({line["meta"]["voice"] for line in lines}) > 1
     if len(durations) == 2:  # faster speech is shorter per character
         assert durations[200] < durations[120]
+
+
+def test_held_out_speakers_are_disjoint_from_training_ones() -> None:
+    train, test = speaker_split()
+    assert len(train) == 16 and len(test) == 9 and not set(train) & set(test)
+    assert all(s.startswith("en-gb-scotland") or s.endswith("+f2") for s in test)
+    assert not any(s.startswith("en-gb-scotland") or s.endswith("+f2") for s in train)
+
+
+def test_builtin_prose_is_lowercase_word_chunks_without_repeats() -> None:
+    prose = builtin_prose()
+    assert len(prose) > 1000 and len(set(prose)) == len(prose)
+    assert all(4 <= len(c.split()) <= 12 and c == c.lower() for c in prose)
+
+
+@needs_espeak
+def test_a_speaker_list_replaces_the_voice_draw(tmp_path: Path) -> None:
+    _, test = speaker_split()
+    manifest = make_speech_dataset(tmp_path, 6, seed=3, split_name="held", speakers=test, sentences=["one two three"])
+    assert {json.loads(s)["meta"]["voice"] for s in manifest.read_text().splitlines()} <= set(test)
+    with pytest.raises(ConfigError, match="speakers"):
+        make_speech_dataset(tmp_path, 1, seed=3, speakers=[])
 
 
 def test_espeak_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,7 +61,7 @@ def test_whisper_base_encoder(whisper_home: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("XMM_HOME", str(whisper_home))
     reg = Registry(strict=False)
     spec = reg.modality("speech")
-    enc = reg.create_encoder(spec.default_encoder)
+    enc = reg.create_encoder(spec.encoder)
     assert enc.id == "whisper-base" and enc.revision == f"ct2-sha256:{whisper_ct2.JOINED_SHA256}" and enc.output_dim == 512
     clip = spec.load(LIBRIVOX_DIR / "sense_and_sensibility_01_austen_64kb-0880.wav")
     out = enc.encode([clip])

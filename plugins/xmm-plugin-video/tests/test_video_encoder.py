@@ -113,16 +113,16 @@ def test_spec_encoder_and_default_bridge(indexed_videos):
     info = next(p for p in reg.plugins if p.name == "video")
     assert info.error is None and info.modalities == ["video"] and info.encoders == ["video-frames"]
     spec = reg.modality("video")
-    assert spec.placeholder == "<video>" and spec.default_encoder == "video-frames" and ".webm" in spec.file_extensions
+    assert spec.placeholder == "<video>" and spec.encoder == "video-frames" and ".webm" in spec.file_extensions
     clip = spec.load(indexed_videos["mp4"])
     assert len(clip) == 8  # default: 8 uniformly sampled frames
     assert spec.content_hash(indexed_videos["mp4"]) == spec.content_hash(indexed_videos["mp4"].read_bytes())
-    enc = reg.create_encoder(spec.default_encoder, **SMALL)
+    enc = reg.create_encoder(spec.encoder, **SMALL)
     feats = enc.encode([clip])
-    bridge = reg.create_bridge({"type": spec.default_bridge, **spec.default_bridge_config, "input_dim": enc.output_dim,
+    bridge = reg.create_bridge({**spec.bridge, "input_dim": enc.output_dim,
                                 "output_dim": 40, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64})
     out = bridge(feats.features, feats.mask)
-    assert out.embeds.shape == (1, spec.num_query_tokens, 40)
+    assert out.embeds.shape == (1, 32, 40) and bridge.num_output_tokens(feats.features.shape[1]) == 32
 
 
 def test_xmm_plugins_lists_video():

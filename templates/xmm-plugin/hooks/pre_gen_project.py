@@ -4,10 +4,11 @@ import keyword
 import re
 import sys
 
-NAME = "{{ cookiecutter.modality }}"
-PLACEHOLDER = "{{ cookiecutter.placeholder }}"
-BRIDGE = "{{ cookiecutter.default_bridge }}"
-EXTENSIONS = "{{ cookiecutter.file_extensions }}"
+# tojson: an answer holding a quote or a backslash stays one string literal (it must never become hook code)
+NAME = {{ cookiecutter.modality | tojson }}
+PLACEHOLDER = {{ cookiecutter.placeholder | tojson }}
+BRIDGE = {{ cookiecutter.default_bridge | tojson }}
+EXTENSIONS = {{ cookiecutter.file_extensions | tojson }}
 
 
 def main() -> int:

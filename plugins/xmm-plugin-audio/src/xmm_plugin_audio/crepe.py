@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from xmm.bridges.base import validate_config
 from xmm.errors import MissingDependencyError, ModelNotFoundError
 from xmm.io import sha256_file
+from xmm.persist import validate_config
 
 from xmm_plugin_audio.clip_encoder import ClipAudioEncoder, frames_for
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from xmm.bridges.base import validate_config
 from xmm.errors import ConfigError, ModelNotFoundError
 from xmm.io import sha256_file
+from xmm.persist import validate_config
 
 from xmm_plugin_audio.clip_encoder import ClipAudioEncoder
 

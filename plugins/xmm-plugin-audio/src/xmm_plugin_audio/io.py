@@ -3,6 +3,10 @@
 Files and bytes are decoded with ``soundfile`` (WAV, FLAC, OGG/Vorbis and whatever else the installed libsndfile
 reads), mixed down to mono and checked: empty, NaN/inf-containing, silent-only (configurable) and over-long input
 raises a typed :mod:`xmm.errors` error naming the input. Resampling to an encoder's rate uses ``soxr``.
+
+Limits come before the work: a path is ``stat``-ed first (a FIFO, device or folder is named and never opened; a file
+over the modality's size limit is refused, ``xmm.limits``), files are decoded as a stream from disk, and the header's
+length, rate and channel count are checked (``max_seconds``, ``max_decoded_bytes``) before the samples are read.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from xmm.errors import CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
+from xmm.limits import check_file, max_file_bytes
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga")
 
@@ -30,6 +35,8 @@ class AudioLoadConfig(BaseModel):
     max_seconds: float = Field(600.0, gt=0, description="longer input raises MediaTooLargeError")
     reject_silence: bool = Field(True, description="raise EmptyMediaError when the peak is below silence_dbfs")
     silence_dbfs: float = Field(-80.0, lt=0, description="peak level (dB full scale) at or below which input is silent")
+    max_decoded_bytes: int = Field(512 << 20, gt=0, description="decoded float32 samples (all channels) larger than "
+                                   "this raise MediaTooLargeError, checked from the header before decoding")
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +90,10 @@ def load_audio(raw: Any, config: AudioLoadConfig | None = None, *, modality: str
     elif isinstance(raw, (str, os.PathLike)):
         clip = _read_file(Path(raw), config, modality)
     elif isinstance(raw, (bytes, bytearray, memoryview)):
+        limit = max_file_bytes(modality)
+        if len(raw) > limit:
+            raise MediaTooLargeError(f"is {len(raw):,} bytes, over the limit of {limit:,} for {modality} input",
+                                     source=raw, modality=modality)
         clip = _decode(io.BytesIO(bytes(raw)), raw, config, modality)
     elif hasattr(raw, "read"):
         clip = _decode(raw, raw, config, modality)
@@ -146,10 +157,10 @@ def fingerprint_audio(raw: Any) -> str:
 
 # -- decoding -------------------------------------------------------------------------------------------------------
 def _read_file(path: Path, config: AudioLoadConfig, modality: str) -> AudioClip:
-    if not path.exists():
-        raise MediaError("file not found", source=path, modality=modality)
-    if not path.is_file():
-        raise MediaError("is not a file", source=path, modality=modality)
+    # stat first: a directory, FIFO, device or an over-limit file is refused without being opened
+    check_file(path, modality=modality, what="audio file")
+    if path.stat().st_size == 0:
+        raise EmptyMediaError("file is empty (0 bytes)", source=path, modality=modality)
     return _decode(path, path, config, modality)
 
 
@@ -159,19 +170,28 @@ def _decode(file: Any, raw: Any, config: AudioLoadConfig, modality: str) -> Audi
     source = str(raw) if isinstance(raw, (str, os.PathLike)) else None
     try:
         with sf.SoundFile(file) as f:
-            rate, frames = f.samplerate, f.frames
-            # check the length from the header before decoding a possibly huge file
-            if rate > 0 and frames / rate > config.max_seconds:
+            rate, frames, channels = f.samplerate, f.frames, f.channels
+            if rate <= 0 or channels <= 0:
+                raise CorruptMediaError(f"the header says {rate} Hz and {channels} channel(s)", source=raw,
+                                        modality=modality)
+            # check the length and decoded size from the header before decoding a possibly huge file
+            if frames / rate > config.max_seconds:
                 raise MediaTooLargeError(
                     f"is {frames / rate:.2f} s long; the limit is {config.max_seconds:g} s (max_seconds)",
                     source=raw,
                     modality=modality,
                 )
+            if frames * channels * 4 > config.max_decoded_bytes:
+                raise MediaTooLargeError(
+                    f"would decode to {frames * channels * 4:,} bytes ({frames:,} frames x {channels} channels), over "
+                    f"max_decoded_bytes={config.max_decoded_bytes:,}", source=raw, modality=modality)
             data = f.read(dtype="float32", always_2d=True)
     except MediaError:
         raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise CorruptMediaError(f"cannot decode audio ({e}); readable formats are WAV, FLAC and OGG", source=raw, modality=modality) from e
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as e:
+        reason = e.error_string if isinstance(e, sf.LibsndfileError) else type(e).__name__
+        raise CorruptMediaError(f"cannot decode audio ({reason}); readable formats are WAV, FLAC and OGG", source=raw,
+                                modality=modality) from e
     if data.shape[0] == 0:
         raise EmptyMediaError("holds no audio samples (0 frames)", source=raw, modality=modality)
     return AudioClip(_mixdown(data), int(rate), source)
@@ -227,7 +247,7 @@ def config_from_env(modality: str, default: AudioLoadConfig) -> AudioLoadConfig:
     The registry builds the modality specs without user arguments, so these variables are how a command-line user
     changes the load limits (e.g. ``XMM_AUDIO_REJECT_SILENCE=0 xmm chat ...``).
     """
-    from xmm.bridges.base import validate_config
+    from xmm.persist import validate_config
 
     prefix = f"XMM_{modality.upper()}_"
     data = default.model_dump()

@@ -11,8 +11,6 @@ from xmm_plugin_audio.io import AUDIO_EXTENSIONS, AudioLoadConfig, AudioLoader, 
 NAME = "audio"
 PLACEHOLDER = "<audio>"
 DEFAULT_ENCODER = "torchcrepe"
-DEFAULT_BRIDGE = "qformer"
-NUM_QUERY_TOKENS = 32
 
 
 def audio_spec(load_config: AudioLoadConfig | None = None, **overrides: Any) -> ModalitySpec:
@@ -22,10 +20,8 @@ def audio_spec(load_config: AudioLoadConfig | None = None, **overrides: Any) -> 
         "name": NAME,
         "placeholder": PLACEHOLDER,
         "load": AudioLoader(load_config, modality=NAME),
-        "default_encoder": DEFAULT_ENCODER,
-        "default_bridge": DEFAULT_BRIDGE,
-        "default_bridge_config": default_bridge_config(),
-        "num_query_tokens": NUM_QUERY_TOKENS,
+        "encoder": DEFAULT_ENCODER,
+        "bridge": default_bridge_config(),
         "file_extensions": AUDIO_EXTENSIONS,
         "description": "non-speech sound (WAV/FLAC/OGG); long audio is cut into 10 s clips encoded one by one",
         "fingerprint": fingerprint_audio,
@@ -36,6 +32,7 @@ def audio_spec(load_config: AudioLoadConfig | None = None, **overrides: Any) -> 
 
 def default_bridge_config() -> dict[str, Any]:
     """A compact Q-Former (field names of ``xmm.bridges.qformer.QFormerConfig``): 32 queries over the 10 tokens/s
-    CREPE features; 4 layers of width 256 (cross-attention every 2nd layer) are enough for 617-wide pitch features
-    and keep CPU training fast. BLIP-2's 12x768 is one ``bridge:`` override away."""
-    return {"num_queries": NUM_QUERY_TOKENS, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024}
+    CREPE features; 4 layers of width 256 (cross-attention every 2nd layer) suit 617-wide pitch features and keep
+    CPU training fast. BLIP-2's 12x768 is one ``bridge:`` override away."""
+    return {"type": "qformer", "num_queries": 32, "hidden_size": 256, "num_layers": 4, "num_heads": 4,
+            "intermediate_size": 1024}

@@ -1,4 +1,4 @@
-"""Entry point of xmm-plugin-audio (group ``xmm``, name ``audio``): the modality and its encoders."""
+"""Entry point of xmm-plugin-audio (group ``xmm``, name ``audio``): the modality, its encoders, recipe and demo task."""
 
 from __future__ import annotations
 
@@ -29,3 +29,17 @@ def xmm_encoders() -> dict[str, Callable[..., Any]]:
         return HFAudioEncoder(**config)
 
     return {"torchcrepe": torchcrepe, "hf-audio": hf_audio}
+
+
+@hookimpl
+def xmm_recipes() -> dict[str, Any]:
+    from xmm_plugin_audio.recipes import RECIPES
+
+    return dict(RECIPES)
+
+
+@hookimpl
+def xmm_demo_tasks() -> dict[str, Any]:
+    from xmm_plugin_audio.demo import DEMO_TASKS
+
+    return dict(DEMO_TASKS)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from xmm.errors import ConfigError, ModelNotFoundError
 from xmm.io import atomic_write, atomic_write_text
+from xmm.progress import Progress
 
 RATE = 16000
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
@@ -157,6 +158,7 @@ def make_audio_dataset(
     (out_dir / split_name).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = []
+    bar = Progress(n, desc=f"data audio {split_name}", unit="clip")
     for i in range(n):
         task = tasks[i % len(tasks)]
         answers = ANSWERS[task]
@@ -165,6 +167,8 @@ def make_audio_dataset(
         rel = f"{split_name}/{i:05d}.wav"
         atomic_write(out_dir / rel, lambda p, x=x: sf.write(str(p), x, RATE, subtype="PCM_16", format="WAV"))
         lines.append(_example(rel, QUESTIONS[task], answer, {"task": task, "answer": answer, **params}))
+        bar.update(1)
+    bar.close()
     manifest = out_dir / f"{split_name}.jsonl"
     atomic_write_text(manifest, "".join(json.dumps(line) + "\n" for line in lines))
     return manifest

@@ -44,6 +44,8 @@ class DeviceCommandDecoder(Decoder):
     id = "xmm-device-command"
     modality = "device"
     input_kind: ClassVar[Literal["conditioning", "text"]] = "text"
+    output_kind: ClassVar[Literal["media", "result"]] = "result"
+    signal_prefix = "dev"
 
     def __init__(self, *, executor: Executor | None = None, execute: bool = True, strict: bool = True) -> None:
         super().__init__()
@@ -64,6 +66,21 @@ class DeviceCommandDecoder(Decoder):
             return CommandResult(text=text, error=e)
         result = self.executor.execute(command) if self.execute_commands else None
         return CommandResult(text=text, command=command, result=result)
+
+    def produced(self, output: Any) -> bool:
+        """An answer that is not a command yields a result without one: nothing was produced."""
+        return isinstance(output, CommandResult) and output.command is not None
+
+    def describe_output(self, output: CommandResult) -> dict[str, Any]:
+        """``{"modality", "kind", "text", "command": {"action", ...arguments} | None, "error", "executed", "ok",
+        "result": {"ok", "message", "dry_run"} | None}``."""
+        result = output.result
+        return {
+            "modality": self.modality, "kind": self.output_kind, "text": output.text,
+            "command": None if output.command is None else output.command.model_dump(mode="json"),
+            "error": None if output.error is None else str(output.error), "executed": output.executed, "ok": output.ok,
+            "result": None if result is None else {"ok": result.ok, "message": result.message, "dry_run": result.dry_run},
+        }
 
     def forward(self, conditioning: torch.Tensor | None = None, *, text: list[str] | str | None = None, **kwargs: Any) -> DecoderOutput:
         """``text``: the LLM's answers -> ``DecoderOutput(modality="device", outputs=[CommandResult, ...])``."""

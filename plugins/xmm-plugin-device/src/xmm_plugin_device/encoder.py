@@ -20,10 +20,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from xmm.bridges.base import load_state_strict, validate_config
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import CheckpointError, ShapeError
 from xmm.io import atomic_write
+from xmm.persist import CONFIG_NAME, WEIGHTS_NAME, load_weights_dir, read_config_json, validate_config
 
 from xmm_plugin_device.features import (
     DEFAULT_CATEGORICAL,
@@ -36,8 +36,6 @@ from xmm_plugin_device.features import (
 from xmm_plugin_device.loading import load_window
 from xmm_plugin_device.schema import DeviceWindow
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 ARCH_VERSION = 2
 # changes between snapshots are small next to the [0, 1] value range (a 5-point battery drop is 0.05); scaling them
 # up lets the optimiser pick them up as fast as the values themselves
@@ -180,6 +178,12 @@ class DeviceTransformerEncoder(Encoder):
     def num_numeric(self) -> int:
         return len(self.numeric_specs)
 
+    def num_output_tokens(self) -> int | None:
+        """``1 + N + C`` in the ``features`` layout; with snapshot tokens it follows the window's length (None)."""
+        if self.by_feature and not self.snapshot_tokens:
+            return 1 + len(self.numeric_specs) + len(self.categorical_specs)
+        return None
+
     # -- contract -------------------------------------------------------------------------------------------
     def preprocess(self, raw: Any) -> dict[str, torch.Tensor]:
         """A :class:`DeviceWindow` (or anything ``load_window`` reads) -> per-snapshot tensors, the last
@@ -319,19 +323,10 @@ class DeviceTransformerEncoder(Encoder):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> DeviceTransformerEncoder:
         """Rebuild from :meth:`save_pretrained`'s folder and load its weights strictly."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / CONFIG_NAME).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{directory / CONFIG_NAME}: cannot read device encoder config: {e}") from e
+        meta = read_config_json(directory, kind="device encoder")
         encoder = cls(validate_config(DeviceEncoderConfig, meta.get("config", {}), source=str(directory / CONFIG_NAME)))
         if meta.get("revision") not in (None, encoder.revision):
             raise CheckpointError(f"{directory}: saved revision {meta['revision']} does not match the rebuilt {encoder.revision}")
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME))
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read device encoder weights: {e}") from e
-        load_state_strict(encoder, state, source=directory / WEIGHTS_NAME)
+        load_weights_dir(encoder, directory, kind="device encoder")
         return encoder

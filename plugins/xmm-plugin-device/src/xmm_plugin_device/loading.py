@@ -14,12 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 from xmm.errors import CorruptMediaError, EmptyMediaError, MediaError, SchemaError
+from xmm.limits import check_json_depth, max_file_bytes, read_file
 
 from xmm_plugin_device.schema import DeviceStatus, DeviceWindow
 
 MODALITY = "device"
 DEFAULT_MAX_SNAPSHOTS = 32
-MAX_FILE_BYTES = 16 * 1024 * 1024  # telemetry windows are small; a bigger file is almost surely the wrong input
+MAX_FILE_BYTES = max_file_bytes(MODALITY)
 
 # (label, record): label is the prefix of error paths ("snapshots[2]", "line 3" or "" for a single snapshot)
 Record = tuple[str, Any]
@@ -63,7 +64,7 @@ def _records(raw: Any, source: Any) -> list[Record]:
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise CorruptMediaError(f"is not UTF-8 JSON: {e}", source=source, modality=MODALITY) from e
+            raise CorruptMediaError(f"is not UTF-8 JSON: {e.reason} at byte {e.start}", source=source, modality=MODALITY) from e
         return _from_text(text, source, jsonl=None)
     if isinstance(raw, Mapping):
         return _from_json(raw, source)
@@ -78,17 +79,12 @@ def _records(raw: Any, source: Any) -> list[Record]:
 
 
 def _from_file(path: Path) -> list[Record]:
+    # stat first: a directory, FIFO, device or an over-limit file is refused without being opened or read
+    data = read_file(path, max_bytes=MAX_FILE_BYTES, modality=MODALITY, what="telemetry file")
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise MediaError(f"is {size} bytes; device telemetry files are limited to {MAX_FILE_BYTES}", source=path, modality=MODALITY)
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise MediaError("file not found", source=path, modality=MODALITY) from e
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorruptMediaError(f"is not UTF-8 JSON: {e}", source=path, modality=MODALITY) from e
-    except OSError as e:
-        raise MediaError(f"cannot read file: {e.strerror or e}", source=path, modality=MODALITY) from e
+        raise CorruptMediaError(f"is not UTF-8 JSON: {e.reason} at byte {e.start}", source=path, modality=MODALITY) from e
     suffix = path.suffix.lower()
     return _from_text(text, path, jsonl=True if suffix in {".jsonl", ".ndjson"} else (False if suffix == ".json" else None))
 
@@ -97,6 +93,10 @@ def _from_text(text: str, source: Any, *, jsonl: bool | None) -> list[Record]:
     """Parse JSON (``jsonl=False``), JSON lines (``True``) or whichever fits (``None``: JSON first)."""
     if not text.strip():
         raise EmptyMediaError("is empty", source=source, modality=MODALITY)
+    try:
+        check_json_depth(text, what="telemetry JSON")
+    except MediaError as e:
+        raise CorruptMediaError(str(e).removeprefix("input: "), source=source, modality=MODALITY) from e
     if jsonl is not True:
         try:
             return _from_json(json.loads(text), source)
@@ -150,6 +150,7 @@ def _validate(label: str, record: Any, schema: type[DeviceStatus], source: Any) 
 
 
 def _schema_error(path: str, message: str, source: Any) -> SchemaError:
+    message = message if len(message) <= 300 else message[:297] + "..."
     err = SchemaError(f"{path}: {message}" if path else message, source=source, modality=MODALITY)
     err.field = path
     return err
@@ -184,7 +185,9 @@ def _lookup(data: Any, loc: Sequence[Any]) -> Any:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return repr(value)
+    text = repr(value)
+    # a field's value, never a file's worth of it: messages go to logs and training summaries
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def describe_error(err: Mapping[str, Any], original: Any = _MISSING) -> str:

@@ -10,12 +10,10 @@ from xmm.modality import ModalitySpec
 from xmm_plugin_device.loading import DEFAULT_MAX_SNAPSHOTS, load_window
 from xmm_plugin_device.schema import DeviceStatus
 
-# one device token per telemetry feature through LLaVA's MLP, plus 8 question-guided tokens (the bridge reads the
-# question and looks up the features it needs; 8 cover a command up to its argument, e.g. the app of close_app): a
-# frozen 135M LLM learned yes/no questions at chance from the plain MLP's tokens in a CPU budget (0.50-0.57 held-out),
-# and 0.99 with these after a cheap `guided_answer` stage (plugin README)
-DEFAULT_BRIDGE = "guided-mlp"
-DEFAULT_BRIDGE_CONFIG: dict[str, Any] = {"num_layers": 2, "guided_tokens": 8, "position_embeddings": 64}
+# one device token per telemetry feature through LLaVA's MLP, plus 8 question-guided tokens: the bridge reads the
+# question and looks up the features it needs, which a small frozen LLM cannot do by itself over many media tokens;
+# 8 cover a command up to its argument (e.g. the app of close_app). Measured effect: plugin README.
+DEFAULT_BRIDGE: dict[str, Any] = {"type": "guided-mlp", "num_layers": 2, "guided_tokens": 8, "position_embeddings": 64}
 
 
 def window_fingerprint(raw: Any, *, schema: type[DeviceStatus] = DeviceStatus, max_snapshots: int = DEFAULT_MAX_SNAPSHOTS) -> str:
@@ -37,11 +35,9 @@ def make_device_modality(
         name=name,
         placeholder=f"<{name}>",
         load=partial(load_window, schema=schema, max_snapshots=max_snapshots),
-        default_encoder="device-transformer",
-        default_encoder_config=dict(encoder_config or {"max_snapshots": max_snapshots}),
-        default_bridge=DEFAULT_BRIDGE,
-        default_bridge_config=dict(DEFAULT_BRIDGE_CONFIG),
-        num_query_tokens=22,  # 14 feature tokens with the default features + 8 guided
+        encoder="device-transformer",
+        encoder_config=dict(encoder_config or {"max_snapshots": max_snapshots}),
+        bridge=dict(DEFAULT_BRIDGE),
         file_extensions=(".json", ".jsonl", ".ndjson"),
         description=description or "terminal device status (battery, temperature, load, network, screen...) over time",
         fingerprint=partial(window_fingerprint, schema=schema, max_snapshots=max_snapshots),

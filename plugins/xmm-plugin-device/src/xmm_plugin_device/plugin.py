@@ -1,4 +1,4 @@
-"""xmm entry point of xmm-plugin-device: the ``device`` modality, its encoder and its command decoder."""
+"""xmm entry point of xmm-plugin-device: the ``device`` modality, its encoder, command decoder, recipe and demo task."""
 
 from __future__ import annotations
 
@@ -26,3 +26,17 @@ def xmm_decoders() -> dict[str, Any]:
     from xmm_plugin_device.decoder import DeviceCommandDecoder
 
     return {"device-command": DeviceCommandDecoder}
+
+
+@hookimpl
+def xmm_recipes() -> dict[str, Any]:
+    from xmm_plugin_device.recipes import RECIPES
+
+    return dict(RECIPES)
+
+
+@hookimpl
+def xmm_demo_tasks() -> dict[str, Any]:
+    from xmm_plugin_device.demo import DEMO_TASKS
+
+    return dict(DEMO_TASKS)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from xmm.io import atomic_write_text
+from xmm.progress import Progress
 
 from xmm_plugin_device import rules
 from xmm_plugin_device.loading import load_window
@@ -390,6 +391,7 @@ def generate(
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     qa_lines, cap_lines = [], []
     report = GenerationReport(out_dir / f"{split}.jsonl", out_dir / f"{split}_captions.jsonl" if captions else None, n)
+    bar = Progress(n, desc=f"data device {split}", unit="window")
     for i in range(n):
         ex = sample_example(rng, tasks=tasks, action_weights=action_weights)
         rel = f"{split}/{i:05d}" + (".jsonl" if rng.random() < jsonl_fraction else ".json")
@@ -406,6 +408,8 @@ def generate(
         cap_lines.append(json.dumps({"messages": _message(rel, [(None, ex.caption)]), "meta": {**meta, "task": "caption"}}))
         for task, _, answer in qa:
             report.answers.setdefault(task, Counter())[answer] += 1
+        bar.update(1)
+    bar.close()
     atomic_write_text(report.manifest, "\n".join(qa_lines) + "\n")
     if report.captions is not None:
         atomic_write_text(report.captions, "\n".join(cap_lines) + "\n")

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from xmm.errors import ConfigError, CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
+from xmm.limits import read_file
 from xmm.modality import default_fingerprint
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,8 @@ def _pil_source(img: Image.Image) -> Any:
 
 
 def _read_file(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise MediaError("file not found", source=path, modality=MODALITY) from e
-    except IsADirectoryError as e:
-        raise MediaError("is a directory, not an image file", source=path, modality=MODALITY) from e
-    except OSError as e:
-        raise MediaError(f"cannot read file: {e.strerror or e}", source=path, modality=MODALITY) from e
+    # stat first: a directory, FIFO, device or an over-limit file is refused without being opened or read
+    data = read_file(path, modality=MODALITY, what="image file")
     if not data:
         raise EmptyMediaError("file is empty (0 bytes)", source=path, modality=MODALITY)
     return data
@@ -153,7 +148,7 @@ def _decode(data: bytes, source: Any, cfg: ImageLoadConfig) -> Image.Image:
             ) from e
         except UnidentifiedImageError as e:
             raise CorruptMediaError(
-                f"not a recognised image format ({len(data)} bytes, starts with {data[:8]!r})",
+                f"not a recognised image format ({len(data)} bytes)",
                 source=source,
                 modality=MODALITY,
             ) from e
@@ -186,7 +181,7 @@ def _check_pixels(size: tuple[int, int], cfg: ImageLoadConfig, source: Any) -> N
 def _finish(img: Image.Image, source: Any, cfg: ImageLoadConfig) -> Image.Image:
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)  # animated GIF/WebP/APNG, multi-page TIFF: the first frame
-    if cfg.exif_transpose:
+    if cfg.exif_transpose and _orientation(img) != 1:  # exif_transpose copies even an upright image
         try:
             img = ImageOps.exif_transpose(img)
         except Exception as e:  # a malformed EXIF block only loses the orientation, not the image
@@ -196,41 +191,96 @@ def _finish(img: Image.Image, source: Any, cfg: ImageLoadConfig) -> Image.Image:
     return out if out is not img else img.copy()
 
 
+def _orientation(img: Image.Image) -> Any:
+    try:
+        return img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block: exif_transpose below decides (and logs)
+        return None
+
+
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255), *, source: Any = None) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB.
 
     Transparency (RGBA, LA, PA, palette or RGB/L with a transparent colour) is composited onto ``background``;
     16-bit greyscale is scaled by 255/65535; 32-bit integer and float images are scaled by their range (see README).
+    High-bit and transparent images are converted in strips of rows, so that a 120-megapixel image needs about its
+    own size plus the RGB result, not several float64 copies of itself.
     """
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return img
     if mode.startswith("I;16"):
-        arr = np.asarray(img, dtype=np.float64)
-        return _grey_to_rgb(arr * (255.0 / 65535.0))
+        return _grey_strips(img, lambda a: a * (255.0 / 65535.0))
     if mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+        lo, hi = _range(img, finite_only=False)
         if lo >= 0 and hi <= 255:
-            return _grey_to_rgb(arr)  # 8-bit values stored as int32 (e.g. after ImageOps on "L")
+            return _grey_strips(img, lambda a: a)  # 8-bit values stored as int32 (e.g. after ImageOps on "L")
         if lo >= 0 and hi <= 65535:
-            return _grey_to_rgb(arr * (255.0 / 65535.0))  # Pillow opens some 16-bit PNG/TIFF as "I"
-        return _grey_to_rgb(_stretch(arr))
+            return _grey_strips(img, lambda a: a * (255.0 / 65535.0))  # Pillow opens some 16-bit PNG/TIFF as "I"
+        return _grey_strips(img, _stretcher(lo, hi))
     if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        if finite.size and finite.min() >= 0 and finite.max() <= 1:
-            return _grey_to_rgb(np.nan_to_num(arr) * 255.0)
-        return _grey_to_rgb(_stretch(np.nan_to_num(arr)))
+        lo, hi = _range(img, finite_only=True)
+        if lo is not None and lo >= 0 and hi <= 1:
+            return _grey_strips(img, lambda a: np.nan_to_num(a) * 255.0)
+        lo, hi = _range(img, finite_only=False, nan_to_num=True)
+        return _grey_strips(img, lambda a: _stretcher(lo, hi)(np.nan_to_num(a)))
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     try:
         if has_alpha:
-            rgba = img.convert("RGBA")
-            base = Image.new("RGBA", img.size, (*background, 255))
-            return Image.alpha_composite(base, rgba).convert("RGB")
+            out = Image.new("RGB", img.size)
+            for box in _strip_boxes(img.size):
+                base = Image.new("RGBA", (box[2] - box[0], box[3] - box[1]), (*background, 255))
+                out.paste(Image.alpha_composite(base, img.crop(box).convert("RGBA")).convert("RGB"), box[:2])
+            return out
         return img.convert("RGB")
     except (ValueError, OSError) as e:
         raise MediaError(f"cannot convert image mode '{mode}' to RGB: {e}", source=source, modality=MODALITY) from e
+
+
+_STRIP_PIXELS = 1 << 20  # pixels per strip: float64 work arrays of ~8 MB
+
+
+def _strip_boxes(size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    w, h = size
+    rows = max(1, _STRIP_PIXELS // max(1, w))
+    return [(0, y, w, min(h, y + rows)) for y in range(0, h, rows)]
+
+
+def _strips(img: Image.Image) -> Any:
+    """``(box, float64 [rows, W] array)`` over the rows of a single-band image."""
+    for box in _strip_boxes(img.size):
+        yield box, np.asarray(img.crop(box), dtype=np.float64)
+
+
+def _range(img: Image.Image, *, finite_only: bool, nan_to_num: bool = False) -> tuple[Any, Any]:
+    """(min, max) of a single-band image's values (over the finite ones with ``finite_only``: None, None when there
+    are none); ``nan_to_num`` maps NaN/inf as :func:`numpy.nan_to_num` does first."""
+    lo = hi = None
+    for _, a in _strips(img):
+        if nan_to_num:
+            a = np.nan_to_num(a)
+        if finite_only:
+            a = a[np.isfinite(a)]
+            if not a.size:
+                continue
+        a_lo, a_hi = float(a.min()), float(a.max())
+        lo = a_lo if lo is None else min(lo, a_lo)
+        hi = a_hi if hi is None else max(hi, a_hi)
+    return lo, hi
+
+
+def _stretcher(lo: float, hi: float) -> Any:
+    if hi <= lo:
+        return np.zeros_like
+    return lambda a: (a - lo) * (255.0 / (hi - lo))
+
+
+def _grey_strips(img: Image.Image, scale: Any) -> Image.Image:
+    """A single-band image mapped to 8-bit grey strip by strip (``scale``: float64 values -> 0..255), as RGB."""
+    grey = np.empty((img.size[1], img.size[0]), dtype=np.uint8)
+    for (_, top, _, bottom), a in _strips(img):
+        grey[top:bottom] = np.clip(np.rint(scale(a)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 def _stretch(arr: np.ndarray) -> np.ndarray:
@@ -238,11 +288,6 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros_like(arr)
     return (arr - lo) * (255.0 / (hi - lo))
-
-
-def _grey_to_rgb(arr: np.ndarray) -> Image.Image:
-    grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:

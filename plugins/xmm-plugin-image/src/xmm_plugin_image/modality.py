@@ -12,8 +12,8 @@ from xmm_plugin_image.loading import ImageLoadConfig, default_load_config, image
 NAME = "image"
 PLACEHOLDER = "<image>"
 DEFAULT_ENCODER = "efficientnet-lite0"
-DEFAULT_BRIDGE = "qformer"
-NUM_QUERY_TOKENS = 32  # BLIP-2 / X-LLM
+# BLIP-2 / X-LLM: a Q-Former with 32 queries (field names of xmm.bridges.qformer.QFormerConfig)
+DEFAULT_BRIDGE = {"type": "qformer", "num_queries": 32}
 FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -24,10 +24,8 @@ def image_spec(load_config: ImageLoadConfig | None = None, **overrides: Any) -> 
         "name": NAME,
         "placeholder": PLACEHOLDER,
         "load": partial(load_image, config=cfg),
-        "default_encoder": DEFAULT_ENCODER,
-        "default_bridge": DEFAULT_BRIDGE,
-        "default_bridge_config": {"num_queries": NUM_QUERY_TOKENS},  # field names of xmm.bridges.qformer.QFormerConfig
-        "num_query_tokens": NUM_QUERY_TOKENS,
+        "encoder": DEFAULT_ENCODER,
+        "bridge": dict(DEFAULT_BRIDGE),
         "file_extensions": FILE_EXTENSIONS,
         "description": "still images (PNG/JPEG/WebP/...; PIL images and arrays in memory), EXIF-oriented, 8-bit RGB",
         "fingerprint": image_fingerprint,

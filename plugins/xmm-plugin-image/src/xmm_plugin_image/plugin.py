@@ -1,4 +1,5 @@
-"""Entry point of xmm-plugin-image (group ``xmm``, name ``image``): the ``image`` modality and three encoders."""
+"""Entry point of xmm-plugin-image (group ``xmm``, name ``image``): the ``image`` modality, three encoders, its recipe
+and demo task."""
 
 from __future__ import annotations
 
@@ -21,3 +22,17 @@ def xmm_encoders() -> dict[str, Callable[..., Any]]:
     from xmm_plugin_image.encoders import ENCODER_FACTORIES
 
     return dict(ENCODER_FACTORIES)
+
+
+@hookimpl
+def xmm_recipes() -> dict[str, Any]:
+    from xmm_plugin_image.recipes import RECIPES
+
+    return dict(RECIPES)
+
+
+@hookimpl
+def xmm_demo_tasks() -> dict[str, Any]:
+    from xmm_plugin_image.demo import DEMO_TASKS
+
+    return dict(DEMO_TASKS)

@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 from xmm.errors import ConfigError
 from xmm.io import atomic_write, atomic_write_text
+from xmm.progress import Progress
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 38, 38),
@@ -148,6 +149,7 @@ def make_shapes_dataset(
     rng = random.Random(f"xmm-shapes:{seed}")
     qa_lines: list[str] = []
     caption_lines: list[str] = []
+    bar = Progress(n_images, desc=f"data image {split_name}", unit="image")
     for i in range(n_images):
         scene = sample_scene(rng)
         img = render_scene(scene, rng)
@@ -158,6 +160,8 @@ def make_shapes_dataset(
         for task, question, answer in rng.sample(candidates, min(questions_per_image, len(candidates))):
             qa_lines.append(chat_example("image", rel, question, answer, {"task": task, "image_id": i, "split": split_name, "scene": meta_scene}))
         caption_lines.append(chat_example("image", rel, None, scene_caption(scene), {"task": "caption", "image_id": i, "split": split_name}))
+        bar.update(1)
+    bar.close()
     manifest = out / f"{split_name}.jsonl"
     atomic_write_text(manifest, "\n".join(qa_lines) + "\n")
     atomic_write_text(out / f"{split_name}_captions.jsonl", "\n".join(caption_lines) + "\n")

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from xmm.bridges.base import validate_config
+from xmm.persist import validate_config
 from xmm_plugin_audio.hf import HFAudioEncoder, HFAudioEncoderConfig
 
 WHISPER_MAX_SECONDS = 30.0

@@ -10,7 +10,6 @@ from xmm_plugin_audio.io import AUDIO_EXTENSIONS, AudioLoadConfig, AudioLoader, 
 NAME = "speech"
 PLACEHOLDER = "<speech>"
 DEFAULT_ENCODER = "whisper-base"
-DEFAULT_BRIDGE = "cformer"
 MAX_SECONDS = 30.0
 
 
@@ -21,10 +20,8 @@ def speech_spec(load_config: AudioLoadConfig | None = None, **overrides: Any) ->
         "name": NAME,
         "placeholder": PLACEHOLDER,
         "load": AudioLoader(load_config, modality=NAME),
-        "default_encoder": DEFAULT_ENCODER,
-        "default_bridge": DEFAULT_BRIDGE,
-        "default_bridge_config": default_bridge_config(),
-        "num_query_tokens": 32,
+        "encoder": DEFAULT_ENCODER,
+        "bridge": default_bridge_config(),
         "file_extensions": AUDIO_EXTENSIONS,
         "description": "spoken language (WAV/FLAC/OGG, up to 30 s); the LLM hears it as one embedding per token",
         "fingerprint": fingerprint_audio,
@@ -37,4 +34,4 @@ def default_bridge_config() -> dict[str, Any]:
     """X-LLM's speech interface (field names of ``xmm.bridges.cformer.CFormerConfig``): CIF integrates the 50 Hz
     Whisper frames into one vector per output token, a 2-layer C-Former contextualises them, an adapter maps them to
     the LLM width. ``max_tokens`` bounds what one utterance may fire (30 s of speech is ~100 LLM tokens)."""
-    return {"hidden_size": 512, "num_layers": 2, "num_heads": 8, "max_tokens": 512}
+    return {"type": "cformer", "hidden_size": 512, "num_layers": 2, "num_heads": 8, "max_tokens": 512}

@@ -1,4 +1,4 @@
-"""Entry point of xmm-plugin-speech (group ``xmm``, name ``speech``): the modality and its encoders."""
+"""Entry point of xmm-plugin-speech (group ``xmm``, name ``speech``): the modality, its encoders, recipe and demo task."""
 
 from __future__ import annotations
 
@@ -29,3 +29,17 @@ def xmm_encoders() -> dict[str, Callable[..., Any]]:
         return HFSpeechEncoder(**config)
 
     return {"whisper-base": whisper_base, "hf-speech": hf_speech}
+
+
+@hookimpl
+def xmm_recipes() -> dict[str, Any]:
+    from xmm_plugin_speech.recipes import RECIPES
+
+    return dict(RECIPES)
+
+
+@hookimpl
+def xmm_demo_tasks() -> dict[str, Any]:
+    from xmm_plugin_speech.demo import DEMO_TASKS
+
+    return dict(DEMO_TASKS)

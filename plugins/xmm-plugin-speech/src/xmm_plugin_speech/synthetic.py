@@ -70,6 +70,14 @@ _TEMPLATES = (
 )
 
 
+def speaker_split(held_out_voice: str = "en-gb-scotland", held_out_variant: str = "+f2") -> tuple[list[str], list[str]]:
+    """espeak-ng speakers (voice + variant) for training and for held-out tests, disjoint: every speaker with the
+    held-out accent or the held-out variant is kept for testing (16 training, 9 held-out speakers by default)."""
+    every = [f"{v}{x}" for v in VOICES for x in VARIANTS]
+    test = [s for s in every if s.startswith(held_out_voice) or (held_out_variant and s.endswith(held_out_variant))]
+    return [s for s in every if s not in test], test
+
+
 def generate_sentences(n: int, seed: int) -> list[str]:
     """``n`` lowercase sentences from the built-in grammar (about 1 in 10 is a 3-7 digit string)."""
     rng = np.random.default_rng(seed)
@@ -101,6 +109,27 @@ def sentences_from_text(text: str, *, min_words: int = 4, max_words: int = 12) -
             if len(piece) >= min_words:
                 chunks.append(" ".join(piece))
     return chunks
+
+
+LICENSE_DIR = Path("/usr/share/common-licenses")
+LICENSE_FILES = ("GPL-3", "Apache-2.0", "MPL-2.0", "LGPL-3", "GFDL-1.3", "Artistic")
+
+
+def builtin_prose(*, license_dir: str | Path = LICENSE_DIR) -> list[str]:
+    """Word chunks (4-12 words, lowercase) of English prose that every machine of this kind has: Python's own
+    reference documentation (``pydoc_data.topics``) and the Debian licence texts that exist. Wider vocabulary than
+    the grammar, so a recogniser learns sub-word tokens rather than a closed word list."""
+    import pydoc_data.topics
+
+    texts = list(pydoc_data.topics.topics.values())
+    texts += [(Path(license_dir) / f).read_text(errors="ignore") for f in LICENSE_FILES if (Path(license_dir) / f).exists()]
+    seen: set[str] = set()
+    out = []
+    for chunk in (c for t in texts for c in sentences_from_text(t)):
+        if chunk not in seen:
+            seen.add(chunk)
+            out.append(chunk)
+    return out
 
 
 def espeak_binary(*, install: bool = True) -> str:
@@ -144,16 +173,20 @@ def make_speech_dataset(
     variants: Sequence[str] = VARIANTS,
     speeds: Sequence[int] = SPEEDS,
     sentences: Sequence[str] | None = None,
+    speakers: Sequence[str] | None = None,
 ) -> Path:
     """Synthesise ``n`` utterances into ``out_dir/split_name/`` and write ``out_dir/split_name.jsonl``; returns it.
 
     ``sentences`` (default: :func:`generate_sentences` with ``seed``) are drawn in order, cycling; voice, variant and
-    speed are drawn at random per utterance. Use different seeds for train and test splits.
+    speed are drawn at random per utterance. Use different seeds for train and test splits. ``speakers`` (full voice
+    names such as ``"en-gb+f3"``, see :func:`speaker_split`) replaces the voice x variant draw.
     """
     import soundfile as sf
 
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}", field="n")
+    if speakers is not None and not speakers:
+        raise ConfigError("speakers is empty", field="speakers")
     if not voices or not speeds:
         raise ConfigError("need at least one voice and one speed", field="voices")
     binary = espeak_binary()
@@ -166,7 +199,10 @@ def make_speech_dataset(
     lines = []
     for i in range(n):
         text = texts[i % len(texts)]
-        voice = f"{voices[rng.integers(len(voices))]}{variants[rng.integers(len(variants))] if variants else ''}"
+        if speakers is not None:
+            voice = str(speakers[rng.integers(len(speakers))])
+        else:
+            voice = f"{voices[rng.integers(len(voices))]}{variants[rng.integers(len(variants))] if variants else ''}"
         speed = int(speeds[rng.integers(len(speeds))])
         x = synthesize(text, voice, speed, binary=binary)
         rel = f"{split_name}/{i:05d}.wav"
@@ -247,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", help="split name (file prefix)")
     parser.add_argument("--text", type=Path, action="append", default=[], help="also read sentences from this prose file")
+    parser.add_argument("--prose", action="store_true", help="also read sentences from the built-in prose (builtin_prose)")
+    parser.add_argument("--speakers", choices=("all", "train", "test"), default="all",
+                        help="espeak-ng speakers: all, or the training / held-out side of speaker_split()")
     parser.add_argument("--digits", action="store_true", help="digit strings only (2-4 digits), a small-vocabulary task")
     parser.add_argument("--exclude", type=Path, action="append", default=[],
                         help="skip sentences whose transcript is in this manifest (keeps a test split held out)")
@@ -257,8 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     # draw extra candidates so that excluded ones can be dropped and still leave n
     make = digit_strings if args.digits else generate_sentences
     generated = [x for x in make(2 * args.n + len(seen), args.seed) if x not in seen]
-    if args.text and not args.digits:
+    if (args.text or args.prose) and not args.digits:
         prose = [x for p in args.text for x in sentences_from_text(p.read_text(errors="ignore")) if x not in seen]
+        prose += [x for x in builtin_prose() if x not in seen] if args.prose else []
         rng = np.random.default_rng(args.seed)
         # half grammar, half prose, shuffled
         prose = [prose[i] for i in rng.permutation(len(prose))[: args.n // 2]]
@@ -266,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         sentences = [sentences[i] for i in rng.permutation(len(sentences))]
     else:
         sentences = generated[: args.n]
-    print(make_speech_dataset(args.out_dir, args.n, args.seed, args.split, sentences=sentences))
+    speakers = None if args.speakers == "all" else speaker_split()[0 if args.speakers == "train" else 1]
+    print(make_speech_dataset(args.out_dir, args.n, args.seed, args.split, sentences=sentences, speakers=speakers))
     if args.librivox:
         print(librivox_manifest(args.out_dir))
     if args.alsa:

@@ -16,7 +16,6 @@ import importlib.metadata as md
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 from xmm.errors import CheckpointError, MissingDependencyError
-from xmm.io import sha256_file, xmm_home
+from xmm.io import atomic_dir, sha256_file, xmm_home
 
 from xmm_plugin_speech.ct2 import CT2Model, read_ct2_model
 
@@ -143,9 +142,8 @@ def convert_ct2_whisper(
     model.generation_config = GenerationConfig(**_generation_fields(ids, ct2_config, config))
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
-    try:
+    # another process that finishes the same conversion first wins (if_exists="keep")
+    with atomic_dir(out_dir, if_exists="keep") as tmp:
         # fp16 CTranslate2 weights are saved as fp16 (nothing is lost, half the size); anything else as fp32
         stored = ct2.raw("decoder/embeddings/weight").dtype
         model.to(torch.float16 if stored == torch.float16 else torch.float32).save_pretrained(tmp)
@@ -157,13 +155,6 @@ def convert_ct2_whisper(
         if tokenizer_json is not None:
             _save_tokenizer(Path(tokenizer_json), vocab, tmp)
         (tmp / META_NAME).write_text(json.dumps(meta or {"id": "ctranslate2-whisper"}, indent=2) + "\n")
-        if out_dir.exists():  # another process finished first; keep its copy
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -24,11 +24,22 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from xmm.errors import ConfigError, CorruptMediaError, EmptyMediaError, MediaError, MissingDependencyError
+from xmm.errors import (
+    ConfigError,
+    CorruptMediaError,
+    EmptyMediaError,
+    MediaError,
+    MediaTooLargeError,
+    MissingDependencyError,
+)
+from xmm.limits import check_file, max_file_bytes
 
 log = logging.getLogger(__name__)
 
 MODALITY = "video"
+# largest decoded frame (8K UHD); a bigger stream is refused from its header before any frame is decoded, so that a
+# few sampled frames cannot take gigabytes
+MAX_FRAME_PIXELS = 7680 * 4320
 
 
 class VideoDecodeConfig(BaseModel):
@@ -98,16 +109,16 @@ def load_video(raw: Any, config: VideoDecodeConfig | None = None) -> VideoClip:
         return raw
     if isinstance(raw, (str, Path)):
         path = Path(raw)
-        if not path.exists():
-            raise MediaError("file not found", source=raw, modality=MODALITY)
-        if path.is_dir():
-            raise MediaError("is a directory, not a video file", source=raw, modality=MODALITY)
-        if path.stat().st_size == 0:
+        # stat first: a directory, FIFO, device or an over-limit file is refused without being opened
+        if check_file(path, modality=MODALITY, what="video file").st_size == 0:
             raise EmptyMediaError("file is empty (0 bytes)", source=raw, modality=MODALITY)
         return _decode(str(path), raw, cfg)
     if isinstance(raw, (bytes, bytearray, memoryview)):
         if len(raw) == 0:
             raise EmptyMediaError("no data (0 bytes)", source=raw, modality=MODALITY)
+        if len(raw) > max_file_bytes(MODALITY):
+            raise MediaTooLargeError(f"is {len(raw):,} bytes, over the limit of {max_file_bytes(MODALITY):,}",
+                                     source=raw, modality=MODALITY)
         return _decode(io.BytesIO(bytes(raw)), raw, cfg)
     if isinstance(raw, Sequence) and not isinstance(raw, str) and raw and all(isinstance(f, (Image.Image, np.ndarray)) for f in raw):
         return _from_frames(list(raw), cfg)
@@ -183,6 +194,7 @@ def _decode(src: Any, source: Any, cfg: VideoDecodeConfig) -> VideoClip:
         if not container.streams.video:
             kinds = ", ".join(f"{s.type} ({s.codec_context.name})" for s in container.streams) or "none"
             raise EmptyMediaError(f"has no video stream (streams: {kinds})", source=source, modality=MODALITY)
+        _check_frame_size(container.streams.video[0].codec_context, source)
         info = _stream_info(container, container.streams.video[0])
         if info.duration is None:
             raise EmptyMediaError("has a video stream without any timed packet", source=source, modality=MODALITY)
@@ -387,8 +399,16 @@ def _keyframe_before(t: float, info: _StreamInfo) -> float:
     return info.keyframes[max(i, 0)]
 
 
+def _check_frame_size(codec: Any, source: Any) -> None:
+    w, h = int(codec.width or 0), int(codec.height or 0)
+    if w * h > MAX_FRAME_PIXELS:
+        raise MediaTooLargeError(f"frames are {w}x{h} = {w * h:,} pixels, over the limit of {MAX_FRAME_PIXELS:,}",
+                                 source=source, modality=MODALITY)
+
+
 def _to_image(frame: Any, cfg: VideoDecodeConfig) -> Image.Image:
     w, h = frame.width, frame.height
+    _check_frame_size(frame, None)  # a stream may change size mid-way
     if cfg.max_side and max(w, h) > cfg.max_side:
         scale = cfg.max_side / max(w, h)
         # scale in the decoder's own colour space (cheaper than converting full size to RGB first)

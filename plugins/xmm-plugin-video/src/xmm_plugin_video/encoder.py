@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from xmm.bridges.base import validate_config
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import MediaError, ShapeError
 from xmm.io import atomic_write
+from xmm.persist import validate_config
 
 from xmm_plugin_video.decoding import VideoClip
 

@@ -12,8 +12,8 @@ from xmm_plugin_video.decoding import VideoDecodeConfig, load_video, video_finge
 NAME = "video"
 PLACEHOLDER = "<video>"
 DEFAULT_ENCODER = "video-frames"
-DEFAULT_BRIDGE = "qformer"  # over all frames' tokens, as Video-LLaMA's video Q-Former
-NUM_QUERY_TOKENS = 32
+# a Q-Former over all frames' tokens, as Video-LLaMA's video Q-Former (field names of QFormerConfig)
+DEFAULT_BRIDGE = {"type": "qformer", "num_queries": 32}
 FILE_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ogv")
 
 
@@ -24,10 +24,8 @@ def video_spec(decode_config: VideoDecodeConfig | None = None, **overrides: Any)
         "name": NAME,
         "placeholder": PLACEHOLDER,
         "load": partial(load_video, config=cfg),
-        "default_encoder": DEFAULT_ENCODER,
-        "default_bridge": DEFAULT_BRIDGE,
-        "default_bridge_config": {"num_queries": NUM_QUERY_TOKENS},  # field names of xmm.bridges.qformer.QFormerConfig
-        "num_query_tokens": NUM_QUERY_TOKENS,
+        "encoder": DEFAULT_ENCODER,
+        "bridge": dict(DEFAULT_BRIDGE),
         "file_extensions": FILE_EXTENSIONS,
         "description": f"video files sampled to {cfg.num_frames} frames ({cfg.sampling}) with PyAV; frames share the image encoder",
         "fingerprint": partial(video_fingerprint, config=cfg),

@@ -1,4 +1,5 @@
-"""Entry point of xmm-plugin-video (group ``xmm``, name ``video``): the ``video`` modality and its encoder."""
+"""Entry point of xmm-plugin-video (group ``xmm``, name ``video``): the ``video`` modality, its encoder, recipe and
+demo task."""
 
 from __future__ import annotations
 
@@ -24,3 +25,17 @@ def xmm_encoders() -> dict[str, Callable[..., Any]]:
         return VideoFrameEncoder(**config)
 
     return {"video-frames": video_frames}
+
+
+@hookimpl
+def xmm_recipes() -> dict[str, Any]:
+    from xmm_plugin_video.recipes import RECIPES
+
+    return dict(RECIPES)
+
+
+@hookimpl
+def xmm_demo_tasks() -> dict[str, Any]:
+    from xmm_plugin_video.demo import DEMO_TASKS
+
+    return dict(DEMO_TASKS)

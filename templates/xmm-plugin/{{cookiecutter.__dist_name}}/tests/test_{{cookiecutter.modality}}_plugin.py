@@ -1,5 +1,10 @@
-"""Tests of the `{{ cookiecutter.modality }}` plugin: loading, encoding shapes, discovery through the entry point, and the
-default bridge on the encoder's features. Run them with `python -m pytest` after `pip install -e .`."""
+"""Tests of the `{{ cookiecutter.modality }}` plugin: loading, encoding shapes, discovery through the entry point, the
+default bridge on the encoder's features, and a training step of a tiny LLM. Run them with `python -m pytest` after
+`pip install -e .`.
+
+The fixtures (``fresh_registry``, ``tiny_llm_dir``, ``device``, ...) come from xmm's pytest plugin, which xmm-core
+installs: see ``xmm.testing``. A plugin that brings bridges checks them with
+``xmm.testing.contracts.BridgeContract``."""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from xmm.errors import CorruptMediaError, EmptyMediaError, MediaError
-from xmm.registry import get_registry, reset_registry
 
 from {{ cookiecutter.__package_name }} import (
     ENCODER_NAME,
@@ -17,13 +21,6 @@ from {{ cookiecutter.__package_name }} import (
 )
 
 DIST = "{{ cookiecutter.__dist_name }}"
-
-
-@pytest.fixture
-def registry():
-    reset_registry()
-    yield get_registry()
-    reset_registry()
 
 
 def _example_path(tmp_path, values):
@@ -78,7 +75,8 @@ def test_encoder_shapes_and_padding():
     assert encoder.fingerprint()["preprocess"] == {"frame_size": 16, "max_frames": 8}
 
 
-def test_registry_finds_the_plugin_through_its_entry_point(registry):
+def test_registry_finds_the_plugin_through_its_entry_point(fresh_registry):
+    registry = fresh_registry
     spec = registry.modality(MODALITY.name)
     assert spec.placeholder == "{{ cookiecutter.placeholder }}"
     info = next(p for p in registry.plugins if MODALITY.name in p.modalities)
@@ -88,7 +86,8 @@ def test_registry_finds_the_plugin_through_its_entry_point(registry):
     assert isinstance(encoder, {{ cookiecutter.__class_name }}Encoder)
 
 
-def test_default_bridge_maps_features_to_llm_embeddings(registry, tmp_path):
+def test_default_bridge_maps_features_to_llm_embeddings(fresh_registry, tmp_path):
+    registry = fresh_registry
     spec = registry.modality(MODALITY.name)
     encoder = registry.create_encoder(spec.default_encoder)
     features = encoder.encode([spec.load(_example_path(tmp_path, list(range(200))))])
@@ -99,3 +98,24 @@ def test_default_bridge_maps_features_to_llm_embeddings(registry, tmp_path):
     assert out.embeds.shape[0] == 1 and out.embeds.shape[-1] == llm_width
     assert out.mask.shape == out.embeds.shape[:2]
     assert torch.isfinite(out.embeds).all()
+
+
+def test_a_tiny_llm_learns_through_the_default_bridge(fresh_registry, tiny_llm_dir, device, tmp_path):
+    """The modality inside a MultimodalLM over xmm's tiny test LLM: a conversation about one item gives a finite loss
+    whose gradient reaches the bridge."""
+    from xmm.model import MultimodalLM
+
+    torch.manual_seed(0)
+    model = MultimodalLM.from_config({"llm": str(tiny_llm_dir), "modalities": {MODALITY.name: {}}, "autocast": "off",
+                                      "device": str(device)}, registry=fresh_registry)
+    path = _example_path(tmp_path, [float(i % 11) for i in range(200)])
+    question = [{"type": MODALITY.name, "path": str(path)}, {"type": "text", "text": "What is it?"}]
+    answer = [{"type": "text", "text": "a signal"}]
+    batch = model.collator()([{"messages": [{"role": "user", "content": question},
+                                            {"role": "assistant", "content": answer}]}])
+    model.train()
+    out = model(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    bridge = model.bridges[MODALITY.name]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bridge.parameters())

@@ -27,7 +27,7 @@ def _factory(name: str, module: str, cls_name: str, config_name: str) -> Callabl
     def create(**kwargs: Any) -> Encoder:
         import importlib
 
-        from xmm.bridges.base import validate_config
+        from xmm.persist import validate_config
 
         mod = importlib.import_module(module)
         config = validate_config(getattr(mod, config_name), kwargs)

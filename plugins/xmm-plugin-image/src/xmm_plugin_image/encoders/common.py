@@ -31,12 +31,18 @@ def as_rgb_image(item: Any) -> Image.Image:
     return to_rgb(item)
 
 
+# the largest intermediate canvas side (pixels) resizing may build; a longer side is scaled down first, so that a
+# 100000x1 image cannot make a 100000^2 canvas (ordinary photos stay below it and are resized exactly as before)
+MAX_CANVAS_SIDE = 4096
+
+
 def resize_square(img: Image.Image, size: int, mode: ResizeMode, *, fill: tuple[int, int, int], crop_pct: float) -> Image.Image:
     """Resize an RGB image to ``size x size``.
 
     ``pad``: keep the aspect ratio and pad the short side with ``fill`` (LLaVA-1.5's "pad" aspect; nothing is cut
     off, which matters for questions about the image's edges). ``squash``: resize both sides. ``center_crop``:
-    resize the short side to ``size / crop_pct`` and cut the centre (the ImageNet evaluation protocol).
+    resize the short side to ``size / crop_pct`` and cut the centre (the ImageNet evaluation protocol). No
+    intermediate image is larger than ``MAX_CANVAS_SIDE`` squared, whatever the input's aspect ratio.
     """
     w, h = img.size
     if mode == "squash":
@@ -45,14 +51,24 @@ def resize_square(img: Image.Image, size: int, mode: ResizeMode, *, fill: tuple[
         if w == h:
             return img.resize((size, size), Image.Resampling.BICUBIC) if w != size else img
         side = max(w, h)
+        if side > MAX_CANVAS_SIDE:
+            scale = MAX_CANVAS_SIDE / side
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+            w, h = img.size
+            side = max(w, h)
         canvas = Image.new("RGB", (side, side), fill)
         canvas.paste(img, ((side - w) // 2, (side - h) // 2))
         return canvas.resize((size, size), Image.Resampling.BICUBIC)
     short = round(size / crop_pct)
     scale = short / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
+    if max(nw, nh) > MAX_CANVAS_SIDE:
+        # resample only the centre crop, mapped back to the input's coordinates (no huge intermediate)
+        sx, sy = w / nw, h / nh
+        return img.resize((size, size), Image.Resampling.BICUBIC,
+                          box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     return img.crop((left, top, left + size, top + size))
 
 

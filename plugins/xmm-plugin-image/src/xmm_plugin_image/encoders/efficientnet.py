@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from xmm.bridges.base import validate_config
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import CheckpointError, MissingDependencyError, ModelNotFoundError
+from xmm.persist import validate_config
 
 from xmm_plugin_image.encoders.common import (
     LayerChoice,

@@ -17,9 +17,9 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-from xmm.bridges.base import validate_config
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import ConfigError, ModelNotFoundError
+from xmm.persist import validate_config
 
 from xmm_plugin_image.encoders.common import (
     LayerChoice,

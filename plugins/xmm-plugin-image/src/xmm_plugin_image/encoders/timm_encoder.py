@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from xmm.bridges.base import validate_config
 from xmm.encoder import Encoder, EncoderOutput
 from xmm.errors import ConfigError, MissingDependencyError, ModelNotFoundError
+from xmm.persist import validate_config
 
 from xmm_plugin_image.encoders.common import LayerChoice, as_rgb_image, file_sha256, full_mask, spatial_to_tokens
 
