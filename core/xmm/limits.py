@@ -65,7 +65,7 @@ def max_prompt_chars() -> int:
     return _env_int("PROMPT_CHARS", PROMPT_CHARS)
 
 
-def _kind(mode: int) -> str | None:
+def file_kind(mode: int) -> str | None:
     """What a non-regular file is, in words; None for a regular file."""
     if stat.S_ISREG(mode):
         return None
@@ -100,7 +100,7 @@ def check_file(path: str | os.PathLike[str], *, max_bytes: int | None = None, mo
         if e.errno == errno.ENAMETOOLONG:
             raise MediaError("the path is too long", source=path, modality=modality) from e
         raise MediaError(f"cannot access {what}: {e.strerror or e}", source=path, modality=modality) from e
-    kind = _kind(st.st_mode)
+    kind = file_kind(st.st_mode)
     if kind is not None:
         raise MediaError(f"is {kind}, not a regular {what}", source=path, modality=modality)
     if st.st_size > limit:
@@ -124,7 +124,7 @@ def read_file(path: str | os.PathLike[str], *, max_bytes: int | None = None, mod
         # O_NONBLOCK: a path swapped for a FIFO between stat and open must not block the open
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
-            if _kind(os.fstat(f.fileno()).st_mode) is not None:
+            if file_kind(os.fstat(f.fileno()).st_mode) is not None:
                 raise MediaError(f"is not a regular {what}", source=path, modality=modality)
             while True:
                 chunk = f.read(min(1 << 20, limit + 1 - total))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from xmm.errors import CheckpointError, ConfigError
+from xmm.limits import file_kind
 from xmm.model.checkpoint import MANIFEST
 from xmm.training.layout import CHECKPOINTS_DIR, LATEST, MODEL_DIR, PLAN_FILE, TRAINER_STATE
 
@@ -125,7 +126,7 @@ def _resolve(target: str | os.PathLike[str], revision: str | None, *, local_for:
     if stat.S_ISDIR(st.st_mode):
         return _folder(text, path, expected)
     if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{text}: is {_special_kind(st.st_mode)}, not a checkpoint; {expected}")
+        raise CheckpointError(f"{text}: is {file_kind(st.st_mode)}, not a checkpoint; {expected}")
     if path.name == MANIFEST:
         return _folder(text, path.parent, expected)
     if path.suffix.lower() in CONFIG_SUFFIXES:
@@ -277,15 +278,3 @@ def _plugin_list(value: Any, source: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError("must be a list of importable module names", field="plugins", source=source)
     return tuple(value)
-
-
-def _special_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
