@@ -92,3 +92,20 @@ def test_an_item_with_no_tokens_is_masked_not_nan():
     out = bridge(x, mask)
     assert out.mask[1].sum() == 0 and out.mask[0].sum() > 0
     assert torch.isfinite(out.embeds).all()
+
+
+def test_prompt_vectors_come_first_and_are_saved_only_when_configured(tmp_path):
+    torch.manual_seed(0)
+    config = CFormerBridge.tiny_config(8, 12).model_copy(update={"prompt_tokens": 3})
+    bridge = CFormerBridge(config).eval()
+    x, mask = torch.randn(2, 30, 8), torch.ones(2, 30, dtype=torch.bool)
+    out = bridge(x, mask, target_lengths=torch.tensor([4, 2]))
+    assert out.embeds.shape == (2, 3 + 4, 12) and bridge.num_prompt_tokens == 3
+    assert out.mask.tolist() == [[True] * 7, [True] * 5 + [False] * 2]
+    assert torch.equal(out.embeds[:, :3], bridge.prompt.detach()[None].expand(2, -1, -1))
+    assert out.aux["cif_tokens"].tolist() == [4, 2]  # the count the decoding cap uses: fired tokens only
+    bridge.save_pretrained(tmp_path / "p")
+    torch.testing.assert_close(CFormerBridge.from_pretrained(tmp_path / "p").prompt, bridge.prompt)
+    plain = CFormerBridge(CFormerBridge.tiny_config(8, 12))
+    assert plain.num_prompt_tokens == 0 and "prompt" not in plain.state_dict()  # older checkpoints still load
+

@@ -107,14 +107,16 @@ def test_build_plan_is_a_valid_stage_plan_for_all_five(tmp_path):
     assert cfg.modalities["video"].encoder == "video-frames"
     assert cfg.modalities["speech"].encoder == "whisper-base"
     stages = {s["name"]: s for s in raw["stages"]}
-    assert stages["convert-speech"]["objectives"] == ["cif_tokens"]  # X-LLM's convert stage: no LLM layer runs
-    assert stages["align-speech"]["objectives"] == {"lm": 1.0, "cif_tokens": 0.5}
+    cif = {"weight": 0.5, "params": {"metric": "l2"}}
+    # X-LLM's convert stage: no LLM layer runs
+    assert stages["convert-speech"]["objectives"] == {"cif_tokens": {**cif, "weight": 1.0}}
+    assert stages["align-speech"]["objectives"] == {"lm": {"weight": 1.0, "params": {}}, "cif_tokens": cif}
     assert stages["convert-video"]["objectives"] == ["guided_answer"]
     assert stages["align-video"]["data"]["train"] == [str(data["video"].train)]  # after a convert stage: questions only
     assert stages["align-audio"]["data"]["train"] == [str(data["audio"].train)]
     assert stages["align-image"]["data"]["train"] == [str(data["image"].train)]  # after a convert stage: questions only
     assert set(stages["integrate"]["trainable"]) == {f"bridge:{m}" for m in ORDER}
-    assert stages["integrate"]["objectives"] == {"lm": 1.0, "cif_tokens": 0.5}
+    assert stages["integrate"]["objectives"] == {"lm": {"weight": 1.0, "params": {}}, "cif_tokens": cif}
     assert stages["integrate"]["data"]["train"] == [str(data[m].train.parent / f"joint-{m}.jsonl") for m in ORDER]
     for t in tasks:  # the default sizes (``all`` has none of its own) train the recipes' own step counts
         recipe = get_registry().recipe(t.recipe)

@@ -29,11 +29,14 @@ def _count_llm_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.parametrize("metric", ["dot", "l2"])
 def test_convert_stage_teaches_the_fired_vectors_the_answer_tokens(tmp_path: Path, tiny_llm_dir: Path, tiny_plan,
-                                                                    write_task, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    write_task, monkeypatch: pytest.MonkeyPatch,
+                                                                    metric: str) -> None:
     write_task(tmp_path, 32)
     test = write_task(tmp_path, 12, name="test.jsonl", seed=5)
-    plan = tiny_plan(tmp_path, tiny_llm_dir, stage={"objectives": {"cif_tokens": 1.0}, "max_steps": 120,
+    objectives = {"cif_tokens": {"weight": 1.0, "params": {"metric": metric}}}
+    plan = tiny_plan(tmp_path, tiny_llm_dir, stage={"objectives": objectives, "max_steps": 120,
                                                     "batch_size": 16, "optimizer": {"lr": 1e-2}})
     plan["model"]["modalities"]["vec"]["bridge"] = CFORMER
     calls = _count_llm_forwards(monkeypatch)
@@ -45,9 +48,23 @@ def test_convert_stage_teaches_the_fired_vectors_the_answer_tokens(tmp_path: Pat
     examples = read_manifest(test, model.specs, BadSamples("fail"))
     batch = model.collator(padding_side="right")([e.as_collator_input() for e in examples])
     ids, valid = transcript_tokens(model, batch)
-    fired = read_out(model, list(batch.media))
+    fired = read_out(model, list(batch.media), metric=metric)
     hits = [f == ids[i][valid[i]].tolist() for i, f in enumerate(fired)]
     assert sum(hits) >= 10  # held-out vectors read as their answer's tokens, counted right
+
+
+def test_l2_scores_pick_the_nearest_row_and_dot_scores_the_largest_product() -> None:
+    from xmm.errors import ConfigError
+    from xmm.training.objectives_cif import token_logits
+
+    table = torch.tensor([[1.0, 0.0], [4.0, 0.0], [0.0, 1.0]])
+    v = torch.tensor([[1.2, 0.1]])
+    assert token_logits(v, table, "dot").argmax().item() == 1  # the long row wins a dot product
+    assert token_logits(v, table, "l2").argmax().item() == 0  # the near row wins by distance
+    dist = -(v[:, None] - table[None]).pow(2).sum(-1)
+    assert torch.allclose(token_logits(v, table, "l2").softmax(-1), dist.softmax(-1), atol=1e-6)
+    with pytest.raises(ConfigError, match="metric"):
+        token_logits(v, table, "cosine")
 
 
 def test_an_answer_s_end_of_turn_token_is_not_a_transcript_token(tmp_path: Path, tiny_llm_dir: Path, write_task) -> None:

@@ -8,6 +8,11 @@ the longest item and masked.
 ``forward(..., target_lengths=[B])`` (training) scales the CIF weights to the target token counts and returns the quantity
 loss in ``aux["cif_quantity"]`` (mean of ``|sum(alpha) - target|``); ``aux["cif_alpha_sum"]`` ``[B]`` and
 ``aux["cif_tokens"]`` ``[B]`` (tokens fired per item) are always there.
+
+``prompt_tokens`` learned vectors come first in every item's output, before the fired ones. They have no token of
+their own: with the LLM frozen they are a trained instruction (prompt tuning) that the LM loss shapes, e.g. into
+"read the following tokens back", while the fired vectors keep standing for the spoken tokens. Objectives that
+compare fired vectors with transcript tokens skip them (:attr:`CFormerBridge.num_prompt_tokens`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class CFormerConfig(BridgeConfig):
     cif_tail_threshold: float = Field(0.5, ge=0, description="fire the last partial token at inference from this mass")
     cif_channels: int = Field(256, gt=0, description="channels of the weight predictor's convolution")
     cif_kernel_size: int = Field(3, gt=0)
+    prompt_tokens: int = Field(0, ge=0, description="learned vectors before the fired ones (prompt tuning)")
 
     @model_validator(mode="after")
     def _check(self) -> CFormerConfig:
@@ -66,6 +72,13 @@ class CFormerBridge(Bridge):
         self.norm = nn.LayerNorm(h)
         self.adapter = nn.Linear(h, config.output_dim)
         init_weights(self, 0.02)
+        # registered only when used, so checkpoints without prompt vectors load as before
+        self.prompt = nn.Parameter(torch.randn(config.prompt_tokens, config.output_dim) * 0.02) if config.prompt_tokens else None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Learned vectors at the start of every item's output that stand for no spoken token."""
+        return self.config.prompt_tokens
 
     @classmethod
     def tiny_config(cls, input_dim: int, output_dim: int) -> CFormerConfig:
@@ -104,4 +117,9 @@ class CFormerBridge(Bridge):
         aux = {"cif_alpha_sum": fired.alpha_sum, "cif_tokens": fired.mask.sum(1)}
         if target_lengths is not None:
             aux["cif_quantity"] = (fired.alpha_sum - target_lengths.to(fired.alpha_sum)).abs().mean()
-        return BridgeOutput(out, fired.mask, aux)
+        mask = fired.mask
+        if self.prompt is not None:
+            b = out.shape[0]
+            out = torch.cat([self.prompt.to(out.dtype)[None].expand(b, -1, -1), out], dim=1)
+            mask = torch.cat([mask.new_ones(b, self.config.prompt_tokens), mask], dim=1)
+        return BridgeOutput(out, mask, aux)

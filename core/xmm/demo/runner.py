@@ -214,9 +214,12 @@ def _joint_stage(joint: list[tuple[DemoTask, Recipe]], data: dict[str, DemoData]
     parts = [(t, r.joint_stage) for t, r in joint]
     first = parts[0][1]
     objectives: dict[str, float] = {}
+    params: dict[str, dict[str, Any]] = {}
     for _, s in parts:
         for name, weight in s.objectives.items():
             objectives.setdefault(name, weight)
+            if name in s.objective_params:
+                params.setdefault(name, s.objective_params[name])
     # each bridge keeps its own recipe's joint learning rate (one shared lowest rate starved the others)
     groups = {f"bridge:{t.modality}": s.lr for t, s in parts}
     groups.update({k.format(modality=t.modality): v for t, s in parts for k, v in s.lr_groups.items()})
@@ -225,6 +228,7 @@ def _joint_stage(joint: list[tuple[DemoTask, Recipe]], data: dict[str, DemoData]
         "trainable": tuple(dict.fromkeys((*trainable, *groups))),
         "lr_groups": groups,
         "objectives": objectives,
+        "objective_params": params,
         "data": ("train",),
         "lr": min(s.lr for _, s in parts),
         "batch_size": max(s.batch_size for _, s in parts),

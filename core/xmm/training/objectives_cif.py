@@ -7,6 +7,12 @@ The bridge thereby learns to emit the transcript's token embeddings, which the l
 read out. The CIF quantity loss (``|sum(alpha) - n|``) from the same bridge forward is added with
 ``quantity_weight``, so the bridge learns to count the tokens it must fire when no count is given (inference).
 
+``metric`` says how a vector is read against the table. ``"dot"`` is the LM head's reading (logits = ``v . e``),
+under which a long row can win over the row the vector is nearest to. ``"l2"`` scores each row by negative squared
+distance (logits = ``2 v . e - |e|^2``; the ``|v|^2`` term is the same for every row), so a vector reads as the row it
+is nearest to. Neither keeps the vectors at the embeddings' scale (the cross-entropy keeps growing them);
+``embed_weight`` pulls them there, at a cost in read-out accuracy (plugins/xmm-plugin-speech/README.md "Measured").
+
 :func:`read_out` is the matching probe: the tokens whose embeddings the fired vectors are nearest to (argmax through
 the same table), decoded to text, without the LLM.
 """
@@ -48,15 +54,16 @@ def transcript_tokens(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tenso
 
 @objective("cif_tokens", needs_output=False)
 def cif_token_loss(model: Any, batch: Any, output: Any, *, quantity_weight: float = 1.0, embed_weight: float = 0.0,
-                   label_smoothing: float = 0.0) -> torch.Tensor | None:
+                   label_smoothing: float = 0.0, metric: str = "dot") -> torch.Tensor | None:
     """CIF convert stage: each fired vector against its transcript token through the LLM's embedding table.
 
     Cross-entropy of each CIF-fired bridge vector, read through the frozen LLM's input-embedding table, against
     the transcript token at its position (CIF fires exactly the transcript's token count), token mean over the
     batch; plus ``quantity_weight`` x the CIF quantity loss of the same forward, plus ``embed_weight`` x the squared
     distance of each vector to its token's embedding (relative to the embeddings' mean squared norm), which keeps
-    the vectors where the LLM's own inputs are. No LLM layer runs. Averaged over modalities with a CIF bridge; None
-    when the batch has none."""
+    the vectors where the LLM's own inputs are. ``metric``: ``"dot"`` or ``"l2"`` (see the module docstring). No LLM
+    layer runs. Averaged over modalities with a CIF bridge; None when the batch has none."""
+    _check_metric(metric)
     m = unwrap(model)
     if batch.labels is None or not batch.media:
         return None
@@ -72,29 +79,57 @@ def cif_token_loss(model: Any, batch: Any, output: Any, *, quantity_weight: floa
     for modality, items in groups.items():
         enc = EncoderOutput.pad(media_features(model, items))
         rows = torch.tensor([it.batch_index for it in items], device=ids.device)
-        out = m.bridges[modality](enc.features.to(m.device, torch.float32), enc.mask.to(m.device), modality=modality,
-                                  target_lengths=lengths[rows].to(m.device))
-        k = out.embeds.shape[1]
+        bridge = m.bridges[modality]
+        out = bridge(enc.features.to(m.device, torch.float32), enc.mask.to(m.device), modality=modality,
+                     target_lengths=lengths[rows].to(m.device))
+        embeds, fired_mask = _fired(bridge, out)
+        k = embeds.shape[1]
         target = ids[rows, :k].to(m.device)
-        keep = valid[rows, :k].to(m.device) & out.mask.bool()
+        keep = valid[rows, :k].to(m.device) & fired_mask
         if k == 0 or not bool(keep.any()):
             continue
-        logits = out.embeds[keep] @ weight[: m.base_vocab_size].T.to(out.embeds.dtype)  # [N_tokens, V]
+        logits = token_logits(embeds[keep], weight[: m.base_vocab_size], metric)  # [N_tokens, V]
         loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], label_smoothing=label_smoothing)
         if embed_weight:
             want = weight[target[keep]].float()
-            loss = loss + embed_weight * (out.embeds[keep].float() - want).pow(2).sum(-1).mean() / want.pow(2).sum(-1).mean()
+            loss = loss + embed_weight * (embeds[keep].float() - want).pow(2).sum(-1).mean() / want.pow(2).sum(-1).mean()
         if quantity_weight and "cif_quantity" in out.aux:
             loss = loss + quantity_weight * out.aux["cif_quantity"]
         losses.append(loss)
     return torch.stack(losses).mean() if losses else None
 
 
+def _fired(bridge: Any, out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fired vectors ``[B, K, d]`` and their mask ``[B, K]`` of a CIF bridge's output, without its learned
+    prompt vectors (which stand for no token)."""
+    p = int(getattr(bridge, "num_prompt_tokens", 0))
+    return out.embeds[:, p:], out.mask[:, p:].bool()
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in ("dot", "l2"):
+        from xmm.errors import ConfigError
+
+        raise ConfigError(f"cif_tokens: metric must be 'dot' or 'l2', got {metric!r}", field="metric")
+
+
+def token_logits(vectors: torch.Tensor, table: torch.Tensor, metric: str = "dot") -> torch.Tensor:
+    """Scores of vectors ``[N, D]`` against every row of an embedding table ``[V, D]`` -> ``[N, V]`` fp32.
+
+    ``"dot"``: ``v . e``; ``"l2"``: ``-|v - e|^2 + |v|^2`` (the same argmax and softmax as the negative distance)."""
+    _check_metric(metric)
+    table = table.float()
+    logits = vectors.float() @ table.T
+    if metric == "l2":
+        logits = 2 * logits - table.pow(2).sum(-1)[None]
+    return logits
+
+
 @torch.no_grad()
-def read_out(model: Any, items: list[Any], features: list[Any] | None = None) -> list[list[int]]:
-    """Token ids whose input embeddings the fired vectors of each item are nearest to by dot product (the LM-head
-    reading of a tied table), with CIF counting the tokens itself (inference). ``items`` are media items of one
-    CIF modality; ``features`` their encoder outputs (computed when None)."""
+def read_out(model: Any, items: list[Any], features: list[Any] | None = None, *, metric: str = "dot") -> list[list[int]]:
+    """Token ids whose input embeddings the fired vectors of each item are nearest to (by ``metric``, as the
+    ``cif_tokens`` objective that trained them), with CIF counting the tokens itself (inference). ``items`` are media
+    items of one CIF modality; ``features`` their encoder outputs (computed when None)."""
     from xmm.encoder import EncoderOutput
 
     m = unwrap(model)
@@ -106,12 +141,14 @@ def read_out(model: Any, items: list[Any], features: list[Any] | None = None) ->
     was_training = m.training
     m.eval()
     try:
-        out = m.bridges[modality](enc.features.to(m.device, torch.float32), enc.mask.to(m.device), modality=modality)
+        bridge = m.bridges[modality]
+        embeds, mask = _fired(bridge, bridge(enc.features.to(m.device, torch.float32), enc.mask.to(m.device),
+                                             modality=modality))
     finally:
         m.train(was_training)
-    weight = m.llm.get_input_embeddings().weight[: m.base_vocab_size].float()
-    best = (out.embeds.float() @ weight.T).argmax(-1)
-    return [best[i][out.mask[i].bool()].tolist() for i in range(best.shape[0])]
+    weight = m.llm.get_input_embeddings().weight[: m.base_vocab_size]
+    best = torch.stack([token_logits(row, weight, metric).argmax(-1) for row in embeds])  # row by row: [K, V] each
+    return [best[i][mask[i]].tolist() for i in range(best.shape[0])]
 
 
 CIF_OBJECTIVES: tuple[Objective, ...] = (cif_token_loss,)

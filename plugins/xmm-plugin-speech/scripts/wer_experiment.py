@@ -66,7 +66,7 @@ def plan_dict(recipe_name: str, steps: dict[str, int], seed: int) -> dict:
     }
 
 
-def read_out_wer(model, manifest: Path, cache: Path) -> float:  # noqa: ANN001 - a MultimodalLM
+def read_out_wer(model, manifest: Path, cache: Path, metric: str) -> float:  # noqa: ANN001 - a MultimodalLM
     """WER of the convert stage alone: the fired vectors' nearest tokens through the embedding table."""
     from xmm.training.cache import CachedFeatureProvider, FeatureCache
     from xmm.training.data import BadSamples, read_manifest
@@ -81,7 +81,7 @@ def read_out_wer(model, manifest: Path, cache: Path) -> float:  # noqa: ANN001 -
     for start in range(0, len(examples), 32):
         chunk = examples[start : start + 32]
         items = list(collator([e.as_collator_input() for e in chunk]).media)
-        preds += [model.tokenizer.decode(ids) for ids in read_out(model, items, provider(items))]
+        preds += [model.tokenizer.decode(ids) for ids in read_out(model, items, provider(items), metric=metric)]
         refs += [split_example(e)[1] for e in chunk]
     return score("wer", preds, refs)
 
@@ -113,10 +113,14 @@ def main() -> None:
             minutes[rec["stage"]] = minutes.get(rec["stage"], 0.0) + rec["window_s"] / 60
     report["stage_minutes"] = {k: round(v, 1) for k, v in minutes.items()}
     model = MultimodalLM.from_pretrained(result.model_dir)
+    from xmm_plugin_speech.recipes import RECIPES
+
+    params = [s.objective_params.get("cif_tokens", {}) for s in RECIPES[args.recipe].stages]
+    metric = next((p["metric"] for p in params if "metric" in p), "dot")
     for name in SETS:
         manifest = out / "data" / f"{name}.jsonl"
         if model.bridges["speech"].config.type == "cformer":
-            report[f"readout_{name}"] = round(read_out_wer(model, manifest, out / "cache"), 3)
+            report[f"readout_{name}"] = round(read_out_wer(model, manifest, out / "cache", metric), 3)
         r = evaluate(model, manifest, metric="wer", max_new_tokens=48, batch_size=16, feature_cache=out / "cache",
                      return_predictions=True)
         report[f"wer_{name}"] = round(r["score"], 3)

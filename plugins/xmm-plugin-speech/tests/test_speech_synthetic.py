@@ -45,12 +45,12 @@ def test_espeak_dataset(tmp_path: Path) -> None:
     manifest = make_speech_dataset(tmp_path, 4, seed=5, split_name="test", speeds=(120, 200))
     lines = [json.loads(s) for s in manifest.read_text().splitlines()]
     assert len(lines) == 4
-    speech, prompt = lines[0]["messages"][0]["content"]
-    assert speech["type"] == "speech" and prompt["text"] == "Transcribe the speech."
+    prompt, speech = lines[0]["messages"][0]["content"]
+    assert speech["type"] == "speech" and prompt["text"] == "Transcribe the speech: "
     assert lines[0]["messages"][1]["content"][0]["text"] == lines[0]["meta"]["transcript"] == generate_sentences(4, 5)[0]
     durations = {}
     for line in lines:
-        clip = load_audio(tmp_path / line["messages"][0]["content"][0]["path"])
+        clip = load_audio(tmp_path / line["messages"][0]["content"][1]["path"])
         assert clip.sample_rate == 16000 and 0.5 < clip.duration < 6
         durations[line["meta"]["speed"]] = clip.duration / len(line["meta"]["transcript"])
     assert len({line["meta"]["voice"] for line in lines}) > 1
@@ -102,7 +102,7 @@ def test_librivox_manifest(tmp_path: Path) -> None:
     assert len(lines) == 5
     by_id = {x["meta"]["utterance"]: x for x in lines}
     assert by_id["sense_and_sensibility_01_austen_64kb-0880"]["messages"][1]["content"][0]["text"] == "he was not an ill disposed young man"
-    clip = load_audio(tmp_path / by_id["sense_and_sensibility_01_austen_64kb-0880"]["messages"][0]["content"][0]["path"])
+    clip = load_audio(tmp_path / by_id["sense_and_sensibility_01_austen_64kb-0880"]["messages"][0]["content"][1]["path"])
     assert clip.sample_rate == 16000 and clip.duration == pytest.approx(2.99, abs=0.01)
 
 

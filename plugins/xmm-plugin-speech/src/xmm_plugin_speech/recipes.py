@@ -18,6 +18,8 @@ from xmm.recipes import Recipe, RecipeStage
 
 # 10 s encoder windows instead of Whisper's 30 s: utterances of 1-7 s encode ~4x faster
 ENCODER_CONFIG = {"window_seconds": 10}
+# fired vectors read as the token whose embedding they are nearest to
+CIF_PARAMS = {"metric": "l2"}
 
 SPEECH_RECIPE = Recipe(
     modality="speech",
@@ -25,12 +27,14 @@ SPEECH_RECIPE = Recipe(
                 "integrate",
     encoder="whisper-base",
     encoder_config=ENCODER_CONFIG,
-    bridge={"type": "cformer", "dropout": 0.0},
+    bridge={"type": "cformer", "dropout": 0.0, "prompt_tokens": 8},
     stages=(
-        RecipeStage(name="convert", objectives=["cif_tokens"], batch_size=32, lr=2e-3, steps=600),
-        RecipeStage(name="align", objectives={"lm": 1.0, "cif_tokens": 0.5}, batch_size=8, lr=1e-3, steps=300),
-        RecipeStage(name="integrate", joint=True, objectives={"lm": 1.0, "cif_tokens": 0.5}, batch_size=8, lr=4e-4,
-                    steps=100, warmup_ratio=0.0),
+        RecipeStage(name="convert", objectives=["cif_tokens"], objective_params={"cif_tokens": CIF_PARAMS},
+                    batch_size=32, lr=2e-3, steps=600),
+        RecipeStage(name="align", objectives={"lm": 1.0, "cif_tokens": 0.5}, objective_params={"cif_tokens": CIF_PARAMS},
+                    batch_size=8, lr=1e-3, steps=300),
+        RecipeStage(name="integrate", joint=True, objectives={"lm": 1.0, "cif_tokens": 0.5},
+                    objective_params={"cif_tokens": CIF_PARAMS}, batch_size=8, lr=4e-4, steps=100, warmup_ratio=0.0),
     ),
 )
 
