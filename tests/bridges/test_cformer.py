@@ -108,4 +108,3 @@ def test_prompt_vectors_come_first_and_are_saved_only_when_configured(tmp_path):
     torch.testing.assert_close(CFormerBridge.from_pretrained(tmp_path / "p").prompt, bridge.prompt)
     plain = CFormerBridge(CFormerBridge.tiny_config(8, 12))
     assert plain.num_prompt_tokens == 0 and "prompt" not in plain.state_dict()  # older checkpoints still load
-

@@ -50,6 +50,8 @@ def test_objective_forms_and_weights() -> None:
         ([_stage(max_steps=None)], "stages.0", "exactly one of 'max_steps' and 'epochs'"),
         ([_stage(epochs=2)], "stages.0", "exactly one"),
         ([_stage(objectives=["lm", "nope"])], "stages.0.objectives.1.name", "unknown objective 'nope'"),
+        ([_stage(objectives={"cif_tokens": {"params": {"metrc": "l2"}}})], "stages.0.objectives.0",
+         "objective 'cif_tokens' takes no parameter ['metrc']"),
         ([{"trainable": ["bridge:*"], "max_steps": 1}], "stages.0.data", "Field required"),
         ([_stage(batch_size=0)], "stages.0.batch_size", "greater than 0"),
         ([_stage(optimizer={"type": "lion"})], "stages.0.optimizer.type", "adamw"),

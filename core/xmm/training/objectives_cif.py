@@ -3,8 +3,8 @@
 A CIF bridge (``cformer``) fires one vector per output token. Given the transcript's token count, it fires exactly
 that many; each fired vector, after the C-Former and the adapter, is read through the frozen LLM's own input-embedding
 table (tied to its LM head in SmolLM2) and trained with cross-entropy against the transcript token at its position.
-The bridge thereby learns to emit the transcript's token embeddings, which the later ``lm`` stage teaches the LLM to
-read out. The CIF quantity loss (``|sum(alpha) - n|``) from the same bridge forward is added with
+The bridge thereby learns vectors that read as the transcript's tokens through that table, which the later ``lm``
+stage teaches the LLM to read out. The CIF quantity loss (``|sum(alpha) - n|``) from the same bridge forward is added with
 ``quantity_weight``, so the bridge learns to count the tokens it must fire when no count is given (inference).
 
 ``metric`` says how a vector is read against the table. ``"dot"`` is the LM head's reading (logits = ``v . e``),
@@ -147,7 +147,7 @@ def read_out(model: Any, items: list[Any], features: list[Any] | None = None, *,
     finally:
         m.train(was_training)
     weight = m.llm.get_input_embeddings().weight[: m.base_vocab_size]
-    best = torch.stack([token_logits(row, weight, metric).argmax(-1) for row in embeds])  # row by row: [K, V] each
+    best = token_logits(embeds.flatten(0, 1), weight, metric).argmax(-1).view(embeds.shape[:2])
     return [best[i][mask[i]].tolist() for i in range(best.shape[0])]
 
 

@@ -75,6 +75,23 @@ class ObjectiveSpec(_Strict):
         get_objective(v)  # raises ConfigError (a ValueError) listing the known names
         return v
 
+    @model_validator(mode="after")
+    def _known_params(self) -> ObjectiveSpec:
+        """A parameter the objective's function does not take fails here, at plan load, not at the first step."""
+        import inspect
+
+        from xmm.training.objectives import get_objective
+
+        sig = inspect.signature(get_objective(self.name).fn)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+            return self
+        taken = [n for n, p in list(sig.parameters.items())[3:]  # after (model, batch, output)
+                 if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        unknown = sorted(set(self.params) - set(taken))
+        if unknown:
+            raise ValueError(f"objective '{self.name}' takes no parameter {unknown}; it takes {taken or 'none'}")
+        return self
+
 
 class ParamGroup(_Strict):
     """Parameters (by selector) that get their own learning rate / weight decay."""
