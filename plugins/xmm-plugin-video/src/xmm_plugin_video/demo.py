@@ -26,7 +26,7 @@ VIDEO_TASK = DemoTask(
     metric="exact",
     sizes={
         "quick": DemoSize(n_train=32, n_test=12, steps={"convert": 4, "align": 6}),
-        "default": DemoSize(n_train=480, n_test=200),
+        "default": DemoSize(n_train=960, n_test=200),
     },
     default=False,
     order=40,
