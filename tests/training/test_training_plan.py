@@ -52,6 +52,8 @@ def test_objective_forms_and_weights() -> None:
         ([_stage(objectives=["lm", "nope"])], "stages.0.objectives.1.name", "unknown objective 'nope'"),
         ([_stage(objectives={"cif_tokens": {"params": {"metrc": "l2"}}})], "stages.0.objectives.0",
          "objective 'cif_tokens' takes no parameter ['metrc']"),
+        ([_stage(objectives={"cif_tokens": {"params": {"metric": "cosine"}}})], "stages.0.objectives.0",
+         "metric must be one of ['dot', 'l2'], got 'cosine'"),
         ([{"trainable": ["bridge:*"], "max_steps": 1}], "stages.0.data", "Field required"),
         ([_stage(batch_size=0)], "stages.0.batch_size", "greater than 0"),
         ([_stage(optimizer={"type": "lion"})], "stages.0.optimizer.type", "adamw"),

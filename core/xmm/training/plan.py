@@ -77,12 +77,15 @@ class ObjectiveSpec(_Strict):
 
     @model_validator(mode="after")
     def _known_params(self) -> ObjectiveSpec:
-        """A parameter the objective's function does not take fails here, at plan load, not at the first step."""
+        """A parameter the objective's function does not take, or a value outside a ``Literal`` it is annotated
+        with, fails here, at plan load, not at the first step."""
         import inspect
+        import typing
 
         from xmm.training.objectives import get_objective
 
-        sig = inspect.signature(get_objective(self.name).fn)
+        fn = get_objective(self.name).fn
+        sig = inspect.signature(fn)
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
             return self
         taken = [n for n, p in list(sig.parameters.items())[3:]  # after (model, batch, output)
@@ -90,6 +93,14 @@ class ObjectiveSpec(_Strict):
         unknown = sorted(set(self.params) - set(taken))
         if unknown:
             raise ValueError(f"objective '{self.name}' takes no parameter {unknown}; it takes {taken or 'none'}")
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # noqa: BLE001 - a plugin's annotation that does not resolve only skips this check
+            hints = {}
+        for name, value in self.params.items():
+            if typing.get_origin(hints.get(name)) is Literal and value not in typing.get_args(hints[name]):
+                raise ValueError(f"objective '{self.name}': {name} must be one of {list(typing.get_args(hints[name]))}, "
+                                 f"got {value!r}")
         return self
 
 
