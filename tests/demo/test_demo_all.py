@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from xmm import hookimpl
-from xmm.demo.runner import MODES, build_plan, select_tasks, task_recipe
+from xmm.demo.runner import JOINT_BUCKETS, JOINT_SHARE, MODES, build_plan, select_tasks, task_recipe
 from xmm.errors import ConfigError, RegistryError
 from xmm.recipes import DemoData, DemoSize, DemoTask, Recipe, RecipeStage
 from xmm.registry import Registry, get_registry
@@ -126,7 +126,8 @@ def test_build_plan_is_a_valid_stage_plan_for_all_five(tmp_path):
     assert stages["integrate"]["optimizer"]["lr"] == min(joint_lr.values())
     groups = {g["params"][0]: g["lr"] for g in stages["integrate"]["optimizer"]["groups"]}
     assert all(groups[f"bridge:{m}"] == lr for m, lr in joint_lr.items())  # each bridge keeps its own rate
-    assert stages["integrate"]["max_steps"] == sum(stages[f"align-{m}"]["max_steps"] for m in ORDER) // 3
+    assert stages["integrate"]["max_steps"] == sum(stages[f"align-{m}"]["max_steps"] for m in ORDER) // JOINT_SHARE
+    assert stages["integrate"]["data"]["buckets"] == JOINT_BUCKETS  # batches of one length (mostly one modality)
 
 
 # -- a modality core has never heard of: its plugin brings the recipe and the demo task ------------------------
@@ -201,7 +202,7 @@ def test_joint_stage_merges_the_recipes_joint_stages(tmp_path):
     assert joint["data"]["train"] == [str(tmp_path / m / f"joint-{m}.jsonl") for m in ("taste", "smell")]
     assert joint["optimizer"]["lr"] == 1e-4 and joint["batch_size"] == 8
     assert {g["params"][0]: g["lr"] for g in joint["optimizer"]["groups"]} == {"bridge:taste": 5e-4, "bridge:smell": 1e-4}
-    assert joint["max_steps"] == (60 + 30) // 3  # from each recipe's alignment stage, the one before its joint stage
+    assert joint["max_steps"] == (60 + 30) // JOINT_SHARE  # from each recipe's alignment stage, the one before its joint stage
     assert joint["objectives"] == ["lm"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from xmm.demo.runner import build_plan, joint_mix, write_joint_data
+from xmm.demo.runner import JOINT_SHARE, build_plan, joint_mix, write_joint_data
 from xmm.recipes import DemoData, DemoSize, DemoTask, Recipe, RecipeStage
 
 
@@ -32,7 +32,7 @@ def test_each_modality_gets_its_share_of_the_examples_whatever_its_data_size(tmp
     joint = [(_task("big"), _recipe("big", 30, 1e-4)), (_task("small"), _recipe("small", 60, 5e-4))]
     data = {"big": _data(tmp_path, "big", 400), "small": _data(tmp_path, "small", 10)}
     parts = joint_mix(joint, data)
-    steps = (30 + 60) // 3
+    steps = (30 + 60) // JOINT_SHARE
     assert [p.examples for p in parts] == [round(steps * 4 / 3), round(steps * 4 * 2 / 3)]
     write_joint_data(parts, seed=7)
     lines = {p.modality: p.target.read_text().splitlines() for p in parts}

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 MODES = DEMO_MODES
 # the joint stage runs a third as many steps as the modalities' alignment stages together
 JOINT_SHARE = 3
+# the joint stage's batches are cut from windows of this many batches sorted by length: its modalities' sequences
+# differ in length several-fold, and a batch mixing them pads every row to the longest
+JOINT_BUCKETS = 64
 
 
 @dataclass
@@ -236,7 +239,9 @@ def _joint_stage(joint: list[tuple[DemoTask, Recipe]], data: dict[str, DemoData]
     })
     mixed = {"train": [str(part.target) for part in joint_mix(joint, data)]}
     # the selectors are already per modality, so formatting them again changes nothing
-    return merged.plan_stage("+".join(t.modality for t, _ in parts), mixed)
+    stage = merged.plan_stage("+".join(t.modality for t, _ in parts), mixed)
+    stage["data"]["buckets"] = JOINT_BUCKETS
+    return stage
 
 
 def model_config(recipes: dict[str, Recipe]) -> dict[str, Any]:
