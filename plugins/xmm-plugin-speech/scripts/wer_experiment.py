@@ -2,7 +2,7 @@
 (other sentences AND other speakers), on digit strings and on the LibriVox utterances of pocketsphinx-testdata.
 
     python plugins/xmm-plugin-speech/scripts/wer_experiment.py OUT_DIR [--recipe speech|speech-stack]
-        [--train 3000 --test 100 --steps convert=1000,align=300 --seed 0]
+        [--train 3000 --digits 0 --test 100 --steps convert=1000,align=300 --seed 0]
 
 Frozen Whisper-base (offline default) -> the recipe's bridge -> frozen SmolLM2-135M-Instruct, trained with the
 recipe's own stages (the joint stage is left out: one modality). Training data: half grammar sentences, half
@@ -26,8 +26,9 @@ import yaml
 SETS = ("test_grammar", "test_prose", "test_digits", "librivox")
 
 
-def make_data(data: Path, n_train: int, n_test: int, seed: int) -> None:
-    """Training split (training speakers) and the held-out sets (held-out speakers, unheard sentences)."""
+def make_data(data: Path, n_train: int, n_test: int, seed: int, n_digits: int = 0) -> None:
+    """Training split (training speakers) and the held-out sets (held-out speakers, unheard sentences); ``n_digits``
+    digit strings (2-7 digits) are added to the training split."""
     from xmm_plugin_speech import synthetic as s
 
     if (data / "train.jsonl").exists():
@@ -41,6 +42,7 @@ def make_data(data: Path, n_train: int, n_test: int, seed: int) -> None:
     grammar = s.generate_sentences(4 * n_train, seed)
     test_grammar = [x for x in s.generate_sentences(4 * n_test, seed + 1000) if x not in set(grammar)][:n_test]
     train = [x for x in grammar if x not in set(test_grammar)][: n_train // 2] + train_prose[: n_train - n_train // 2]
+    train += s.digit_strings(n_digits, seed + 3000, min_digits=2, max_digits=7)
     train = [train[i] for i in rng.permutation(len(train))]
     digits = [d for d in s.digit_strings(4 * n_test, seed + 2000, min_digits=3, max_digits=7) if d not in set(train)]
     train_speakers, test_speakers = s.speaker_split()
@@ -93,6 +95,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--steps", default="", help="stage=steps overrides, e.g. convert=1000,align=300")
+    ap.add_argument("--digits", type=int, default=0, help="digit strings added to the training split")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -100,7 +103,7 @@ def main() -> None:
     from xmm.training import evaluate, train
 
     out = args.out_dir.resolve()
-    make_data(out / "data", args.train, args.test, args.seed)
+    make_data(out / "data", args.train, args.test, args.seed, args.digits)
     steps = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(",") if kv)}
     (out / "plan.yaml").write_text(yaml.safe_dump(plan_dict(args.recipe, steps, args.seed), sort_keys=False))
     start = time.perf_counter()
