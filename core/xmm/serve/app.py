@@ -153,20 +153,31 @@ def create_app(model: Any, config: ServeConfig | None = None, *, name: str | Non
     return app
 
 
+# Over-limit bytes read and thrown away before a 413: a server that answers and closes while the client is still
+# sending makes the client's socket see a reset instead of the answer. Past this, the connection is cut off.
+DISCARD_BYTES = 16 << 20
+
+
 async def _read_json(request: Any, limit: int) -> Any:
-    """The body as JSON, refusing more than ``limit`` bytes (from Content-Length, or while reading) and deep nesting."""
+    """The body as JSON, refusing more than ``limit`` bytes (from Content-Length, or while reading) and deep nesting;
+    a refused body is read on (not kept) up to ``DISCARD_BYTES`` more, so that the client receives the 413."""
     too_big = APIError(413, f"the request body is over the limit of {limit:,} bytes", param=None,
                        code="request_too_large")
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        if not length.isdigit():
-            raise bad_request("the Content-Length header is not a number", code="invalid_body")
+    if length is not None and not length.isdigit():
+        raise bad_request("the Content-Length header is not a number", code="invalid_body")
+    if length is not None and int(length) > limit + DISCARD_BYTES:
         raise too_big
     body = bytearray()
+    seen = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
+        seen += len(chunk)
+        if seen > limit + DISCARD_BYTES:
+            break
+        if seen <= limit:
+            body += chunk
+    if seen > limit or (length is not None and int(length) > limit):
+        raise too_big
     if not body:
         raise bad_request("the request has no body; send the chat completion request as JSON", code="invalid_json")
     try:

@@ -31,7 +31,11 @@ def make_data(data: Path, n_train: int, n_test: int, seed: int, n_digits: int = 
     digit strings (2-7 digits) are added to the training split."""
     from xmm_plugin_speech import synthetic as s
 
+    params = {"train": n_train, "test": n_test, "seed": seed, "digits": n_digits}
     if (data / "train.jsonl").exists():
+        made = json.loads((data / "params.json").read_text()) if (data / "params.json").exists() else None
+        if made is not None and made != params:  # the sets on disk would silently answer for other settings
+            raise SystemExit(f"{data} holds data made with {made}, not {params}: pick another OUT_DIR")
         return
     librivox = s.read_sphinx_transcription(s.LIBRIVOX_DIR / "transcription").values()
     # no prose chunk that overlaps a LibriVox transcript may be trained on
@@ -51,6 +55,7 @@ def make_data(data: Path, n_train: int, n_test: int, seed: int, n_digits: int = 
                                        ("test_digits", digits[:n_test]))):
         s.make_speech_dataset(data, len(texts), seed + 1000 + i, name, sentences=texts, speakers=test_speakers)
     s.librivox_manifest(data)
+    (data / "params.json").write_text(json.dumps(params) + "\n")
 
 
 def plan_dict(recipe_name: str, steps: dict[str, int], seed: int) -> dict:
@@ -108,7 +113,8 @@ def main() -> None:
     (out / "plan.yaml").write_text(yaml.safe_dump(plan_dict(args.recipe, steps, args.seed), sort_keys=False))
     start = time.perf_counter()
     result = train(out / "plan.yaml")
-    report: dict = {"recipe": args.recipe, "train_examples": args.train, "train_minutes": round((time.perf_counter() - start) / 60, 1)}
+    report: dict = {"recipe": args.recipe, "train_examples": args.train + args.digits,
+                    "train_minutes": round((time.perf_counter() - start) / 60, 1)}
     minutes: dict[str, float] = {}
     for line in (result.output_dir / "logs" / "train.jsonl").read_text().splitlines():
         rec = json.loads(line)
